@@ -1,0 +1,67 @@
+"""Anchor generation.
+
+Shape shorthand: H, W image size; Hf, Wf feature-map size (``ceil(H / stride)``); K anchors per location
+(``len(ratios) * len(scales)``); A = Hf * Wf * K anchors in all (summed over levels).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from rpn_tf.config import AnchorConfig, as_anchor_config, validate_image_size
+
+
+def cell_anchor_shapes(level: AnchorConfig) -> np.ndarray:
+    """Heights and widths of the K anchors of one location, ratio-major / scale-minor.
+
+    Returns:
+      float64 ``[K, 2]`` of ``(height, width)`` in pixels.
+    """
+    shapes = []
+    for ratio in level.ratios:  # ratio-major ...
+        for scale in level.scales:  # ... scale-minor
+            side = level.stride * scale
+            shapes.append((side * np.sqrt(ratio), side / np.sqrt(ratio)))
+    return np.asarray(shapes, dtype=np.float64)
+
+
+def _level_anchors(image_size, level: AnchorConfig) -> np.ndarray:
+    rows, cols = level.feature_map_size(image_size)
+    centre_y = (np.arange(rows, dtype=np.float64) + 0.5) * level.stride
+    centre_x = (np.arange(cols, dtype=np.float64) + 0.5) * level.stride
+    centre_y, centre_x = np.meshgrid(centre_y, centre_x, indexing="ij")  # (Hf, Wf), row-major
+    centres = np.stack([centre_y, centre_x], axis=-1).reshape(-1, 1, 2)  # (Hf*Wf, 1, 2)
+    half_shapes = cell_anchor_shapes(level)[None, :, :] / 2.0  # (1, K, 2)
+    boxes = np.concatenate([centres - half_shapes, centres + half_shapes], axis=-1)  # (Hf*Wf, K, 4)
+    return boxes.reshape(-1, 4)
+
+
+def generate_anchors(image_size=(800, 800), anchor_config=None) -> tf.Tensor:
+    """Generates every anchor of an image.
+
+    Args:
+      image_size: ``(height, width)`` of the network input in pixels.
+      anchor_config: an ``AnchorConfig`` (default: the article's stride 16, scales (8, 16, 32), ratios
+        (0.5, 1, 2)), a ``MultiLevelAnchorConfig`` or a sequence of ``AnchorConfig`` levels.
+
+    Returns:
+      float32 ``Tensor[A, 4]`` of ``[y1, x1, y2, x2]`` absolute pixel boxes (no +1), ordered by level, then
+      feature-map row, column, ratio (major) and scale (minor). Anchors are not clipped to the image.
+    """
+    image_size = validate_image_size(image_size)
+    config = as_anchor_config(anchor_config if anchor_config is not None else AnchorConfig())
+    # Computed once in float64 with NumPy: anchors are constants of the graph, not per-step work.
+    boxes = np.concatenate([_level_anchors(image_size, level) for level in config.levels], axis=0)
+    return tf.constant(boxes.astype(np.float32))
+
+
+def num_anchors(image_size, anchor_config=None) -> int:
+    """Number of anchors ``A`` that ``generate_anchors`` returns for this image size and config."""
+    image_size = validate_image_size(image_size)
+    config = as_anchor_config(anchor_config if anchor_config is not None else AnchorConfig())
+    total = 0
+    for level in config.levels:
+        rows, cols = level.feature_map_size(image_size)
+        total += rows * cols * level.num_anchors_per_location
+    return total

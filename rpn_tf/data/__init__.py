@@ -1,0 +1,7 @@
+"""Input adapters: annotation readers and the bundled real data (deepforest's aerial tree crowns)."""
+
+from rpn_tf.data.deepforest import DEEPFOREST_INSTALL_HINT, deepforest_data_dir, load_deepforest_image
+from rpn_tf.data.voc import VocAnnotation, read_voc_xml
+
+__all__ = ["DEEPFOREST_INSTALL_HINT", "VocAnnotation", "deepforest_data_dir", "load_deepforest_image",
+           "read_voc_xml"]

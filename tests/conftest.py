@@ -1,0 +1,6 @@
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# tests/reference.py is imported as a module of the tests.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
