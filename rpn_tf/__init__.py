@@ -8,6 +8,9 @@ from rpn_tf import box_ops
 from rpn_tf.anchors import generate_anchors, num_anchors
 from rpn_tf.box_ops import clip_boxes, convert_boxes, decode_deltas, encode_deltas, iou_matrix
 from rpn_tf.config import AnchorConfig, MultiLevelAnchorConfig
+from rpn_tf.metrics import ProposalRecall
+from rpn_tf.model import RPNModel
+from rpn_tf.proposals import ProposalConfig, generate_proposals
 from rpn_tf.matching import AnchorMatcher, anchors_inside_image, label_anchors
 from rpn_tf.sampling import sample_balanced
 from rpn_tf.targets import RpnTargetEncoder
@@ -18,6 +21,9 @@ __all__ = [
     "AnchorConfig",
     "MultiLevelAnchorConfig",
     "AnchorMatcher",
+    "ProposalConfig",
+    "ProposalRecall",
+    "RPNModel",
     "RpnTargetEncoder",
     "anchors_inside_image",
     "box_ops",
@@ -25,6 +31,7 @@ __all__ = [
     "convert_boxes",
     "decode_deltas",
     "encode_deltas",
+    "generate_proposals",
     "generate_anchors",
     "iou_matrix",
     "label_anchors",

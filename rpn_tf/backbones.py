@@ -1,0 +1,110 @@
+"""Backbones: image → one stride-16 feature map, with the preprocessing each one expects.
+
+Built-in names (all stride 16):
+  ``"vgg16"``        VGG16 through ``block5_conv3`` (512 channels), Caffe preprocessing — the article's.
+  ``"resnet50"``     ResNet50 through ``conv4_block6_out`` (1024 channels), Caffe preprocessing.
+  ``"mobilenet_v2"`` MobileNetV2 through ``block_13_expand_relu`` (576 channels), inputs scaled to [-1, 1].
+  ``"simple"``       a small 8-conv network (256 channels), inputs scaled to [0, 1]; trains from scratch on CPU.
+A user ``keras.Model`` mapping ``[B, H, W, 3]`` images (already preprocessed by the user's model, or
+``preprocessing="unit" | "caffe" | "tf" | "none"``) to one feature map also works, with its stride declared.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from rpn_tf.config import validate_image_size
+
+# name: (stride, preprocessing mode, output layer)
+BUILTIN_BACKBONES = {
+    "vgg16": (16, "caffe", "block5_conv3"),
+    "resnet50": (16, "caffe", "conv4_block6_out"),
+    "mobilenet_v2": (16, "tf", "block_13_expand_relu"),
+    "simple": (16, "unit", None),
+}
+PREPROCESSING_MODES = ("caffe", "tf", "unit", "none")
+_CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+@keras.saving.register_keras_serializable(package="rpn_tf")
+class ImagePreprocessing(keras.layers.Layer):
+    """Maps 0–255 RGB images to what a backbone expects.
+
+    ``"caffe"``: RGB → BGR minus the ImageNet BGR means (VGG16, ResNet50 in ``keras.applications``);
+    ``"tf"``: ``x / 127.5 - 1`` (MobileNetV2); ``"unit"``: ``x / 255``; ``"none"``: unchanged.
+    """
+
+    def __init__(self, mode="caffe", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in PREPROCESSING_MODES:
+            raise ValueError(f"preprocessing mode must be one of {PREPROCESSING_MODES}, got {mode!r}")
+        self.mode = mode
+
+    def call(self, images):
+        images = keras.ops.cast(images, self.compute_dtype)
+        if self.mode == "caffe":
+            return images[..., ::-1] - keras.ops.convert_to_tensor(np.array(_CAFFE_BGR_MEAN), self.compute_dtype)
+        if self.mode == "tf":
+            return images / 127.5 - 1.0
+        if self.mode == "unit":
+            return images / 255.0
+        return images
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+def _simple_backbone(image_size):
+    inputs = keras.Input((*image_size, 3))
+    features = inputs
+    for block, channels in enumerate((32, 64, 128, 256)):
+        for conv in range(2):
+            features = keras.layers.Conv2D(channels, 3, padding="same", activation="relu",
+                                           name=f"block{block + 1}_conv{conv + 1}")(features)
+        features = keras.layers.MaxPooling2D(2, padding="same", name=f"block{block + 1}_pool")(features)
+    return keras.Model(inputs, features, name="simple_backbone")
+
+
+def build_backbone(backbone, image_size, weights=None, stride=None, freeze_layers=0):
+    """Builds a backbone.
+
+    Args:
+      backbone: a name from ``BUILTIN_BACKBONES`` or a ``keras.Model`` (then ``stride`` is required).
+      image_size: ``(height, width)`` of the network input.
+      weights: ``None`` (random init), ``"imagenet"`` (downloads; needs a network) or a path to a weights file
+        for the full ``keras.applications`` model without top. Only for built-in ``keras.applications`` names.
+      stride: input pixels per feature-map cell; required for a user model, checked for built-ins.
+      freeze_layers: the first this many backbone layers are made non-trainable.
+
+    Returns:
+      ``(model, stride, preprocessing_mode)``.
+    """
+    image_size = validate_image_size(image_size)
+    if isinstance(backbone, keras.Model):
+        if stride is None:
+            raise ValueError("a custom backbone model needs its stride: pass backbone_stride=")
+        if weights is not None:
+            raise ValueError("weights= applies to built-in backbones; load weights into your model yourself")
+        model, mode = backbone, "none"
+    elif isinstance(backbone, str) and backbone in BUILTIN_BACKBONES:
+        builtin_stride, mode, output_layer = BUILTIN_BACKBONES[backbone]
+        if stride is not None and stride != builtin_stride:
+            raise ValueError(f"backbone {backbone!r} has stride {builtin_stride}, not {stride}")
+        stride = builtin_stride
+        if backbone == "simple":
+            if weights is not None:
+                raise ValueError("the 'simple' backbone has no pretrained weights; use weights=None")
+            model = _simple_backbone(image_size)
+        else:
+            application = {"vgg16": keras.applications.VGG16, "resnet50": keras.applications.ResNet50,
+                           "mobilenet_v2": keras.applications.MobileNetV2}[backbone]
+            full = application(include_top=False, weights=weights, input_shape=(*image_size, 3))
+            model = keras.Model(full.input, full.get_layer(output_layer).output, name=f"{backbone}_backbone")
+    else:
+        raise ValueError(f"backbone must be one of {sorted(BUILTIN_BACKBONES)} or a keras.Model, got {backbone!r}")
+    if freeze_layers < 0:
+        raise ValueError(f"freeze_layers must be >= 0, got {freeze_layers}")
+    for layer in model.layers[:freeze_layers]:
+        layer.trainable = False
+    return model, int(stride), mode
