@@ -4,7 +4,8 @@ Built-in names (all stride 16):
   ``"vgg16"``        VGG16 through ``block5_conv3`` (512 channels), Caffe preprocessing — the article's.
   ``"resnet50"``     ResNet50 through ``conv4_block6_out`` (1024 channels), Caffe preprocessing.
   ``"mobilenet_v2"`` MobileNetV2 through ``block_13_expand_relu`` (576 channels), inputs scaled to [-1, 1].
-  ``"simple"``       a small 8-conv network (256 channels), inputs scaled to [0, 1]; trains from scratch on CPU.
+  ``"simple"``       a small conv-BN-ReLU network (128 channels at stride 16; ``backbone_stride`` 4, 8, 16 or
+                     32), inputs scaled to [0, 1]; trains from scratch on CPU in minutes.
 A user ``keras.Model`` mapping ``[B, H, W, 3]`` images (already preprocessed by the user's model, or
 ``preprocessing="unit" | "caffe" | "tf" | "none"``) to one feature map also works, with its stride declared.
 """
@@ -55,13 +56,20 @@ class ImagePreprocessing(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
-def _simple_backbone(image_size):
+def _simple_backbone(image_size, stride=16):
+    """Conv-BN-ReLU pairs with 2×2 max pools; ``log2(stride)`` pooled blocks (16, 32, 64, 128… channels)."""
+    if stride not in (4, 8, 16, 32):
+        raise ValueError(f"the 'simple' backbone supports stride 4, 8, 16 or 32, got {stride}")
     inputs = keras.Input((*image_size, 3))
     features = inputs
-    for block, channels in enumerate((32, 64, 128, 256)):
+    for block in range(int(np.log2(stride))):
+        channels = 16 * 2 ** block
         for conv in range(2):
-            features = keras.layers.Conv2D(channels, 3, padding="same", activation="relu",
-                                           name=f"block{block + 1}_conv{conv + 1}")(features)
+            name = f"block{block + 1}_conv{conv + 1}"
+            features = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False, name=name)(features)
+            features = keras.layers.BatchNormalization(momentum=0.9, synchronized=True,
+                                                        name=f"{name}_bn")(features)
+            features = keras.layers.ReLU(name=f"{name}_relu")(features)
         features = keras.layers.MaxPooling2D(2, padding="same", name=f"block{block + 1}_pool")(features)
     return keras.Model(inputs, features, name="simple_backbone")
 
@@ -89,14 +97,15 @@ def build_backbone(backbone, image_size, weights=None, stride=None, freeze_layer
         model, mode = backbone, "none"
     elif isinstance(backbone, str) and backbone in BUILTIN_BACKBONES:
         builtin_stride, mode, output_layer = BUILTIN_BACKBONES[backbone]
-        if stride is not None and stride != builtin_stride:
-            raise ValueError(f"backbone {backbone!r} has stride {builtin_stride}, not {stride}")
-        stride = builtin_stride
         if backbone == "simple":
             if weights is not None:
                 raise ValueError("the 'simple' backbone has no pretrained weights; use weights=None")
-            model = _simple_backbone(image_size)
+            stride = stride or builtin_stride
+            model = _simple_backbone(image_size, stride)
+        elif stride is not None and stride != builtin_stride:
+            raise ValueError(f"backbone {backbone!r} has stride {builtin_stride}, not {stride}")
         else:
+            stride = builtin_stride
             application = {"vgg16": keras.applications.VGG16, "resnet50": keras.applications.ResNet50,
                            "mobilenet_v2": keras.applications.MobileNetV2}[backbone]
             full = application(include_top=False, weights=weights, input_shape=(*image_size, 3))

@@ -238,9 +238,40 @@ class RPNModel(keras.Model):
         self.optimizer.apply(gradients, variables)
         return self._logs(include_recall=False)
 
+    def _make_step_function_without_xla(self, make_function, force):
+        """Builds Keras's test / predict function with XLA only around the network.
+
+        ``tf.image.combined_non_max_suppression`` has no XLA kernel, so a step that makes proposals cannot be
+        compiled whole; with ``compile(jit_compile=True)`` the backbone and head still run compiled
+        (``_inference``), and NMS runs as a plain TensorFlow op.
+        """
+        jit_compile = self.jit_compile
+        self._xla_inference = bool(jit_compile)
+        if not jit_compile:
+            return make_function(force)
+        self.jit_compile = False
+        try:
+            return make_function(force)
+        finally:
+            self.jit_compile = jit_compile
+
+    def make_test_function(self, force=False):
+        return self._make_step_function_without_xla(super().make_test_function, force)
+
+    def make_predict_function(self, force=False):
+        return self._make_step_function_without_xla(super().make_predict_function, force)
+
+    def _inference(self, images):
+        """``call(images, training=False)``, XLA-compiled when the model was compiled with ``jit_compile``."""
+        if getattr(self, "_xla_inference", False):
+            if getattr(self, "_compiled_inference", None) is None:
+                self._compiled_inference = tf.function(lambda x: self(x, training=False), jit_compile=True)
+            return self._compiled_inference(images)
+        return self(images, training=False)
+
     def test_step(self, data):
         images, targets = self._unpack(data)
-        outputs = self(images, training=False)
+        outputs = self._inference(images)
         self._rpn_losses(targets, outputs)
         if "gt_boxes" in targets:
             proposals = self.propose(outputs, training=False)
@@ -256,7 +287,7 @@ class RPNModel(keras.Model):
         images = data[0] if isinstance(data, (tuple, list)) else data
         if isinstance(images, dict):
             images = images["image"]
-        outputs = self(images, training=False)
+        outputs = self._inference(images)
         proposals = self.propose(outputs, training=False)
         return {"proposal_boxes": proposals["boxes"], "proposal_scores": proposals["scores"],
                 "num_proposals": proposals["num_proposals"], **outputs}

@@ -35,9 +35,17 @@ def content_seeds(base_seed, values):
     return tf.stack([base, content_hash], axis=1)
 
 
-def random_seeds(batch_size):
-    """Fresh per-image seeds (``Tensor[B, 2]`` int64) for unseeded sampling; they differ on every call."""
-    return tf.random.uniform(tf.stack([batch_size, 2]), maxval=_INT32_MAX, dtype=tf.int64)
+def random_seeds(batch_size, generator=None):
+    """Fresh per-image seeds (``Tensor[B, 2]`` int64) for unseeded sampling.
+
+    ``generator``: a ``tf.random.Generator``. Its state lives in a variable, so every call — and every pass over a
+    ``tf.data`` pipeline — gets new seeds, even when a global seed is set (``keras.utils.set_random_seed``), which
+    would make a plain ``tf.random.uniform`` inside ``dataset.map`` repeat the same values on every epoch.
+    """
+    shape = tf.stack([batch_size, 2])
+    if generator is None:
+        return tf.random.uniform(shape, maxval=_INT32_MAX, dtype=tf.int64)
+    return generator.uniform(shape, maxval=_INT32_MAX, dtype=tf.int64)
 
 
 def _unique_random_keys(seeds, num_candidates: int):

@@ -117,6 +117,8 @@ class RpnTargetEncoder:
         self.seed = None if seed is None else int(seed)
         self.validate = bool(validate)
 
+        # Unseeded sampling draws from a stateful generator: new samples on every pass over a dataset.
+        self._generator = tf.random.Generator.from_non_deterministic_state() if self.seed is None else None
         self._anchors = generate_anchors(self.image_size, self.anchor_config)
         self._matcher = AnchorMatcher(self._anchors, self.image_size, self.allowed_border, self.positive_iou,
                                       self.negative_iou)
@@ -204,7 +206,8 @@ class RpnTargetEncoder:
         ``seeds`` (``[B, 2]``) defaults to the encoder's seeding of these boxes.
         """
         if seeds is None:
-            seeds = random_seeds(tf.shape(boxes)[0]) if self.seed is None else content_seeds(self.seed, boxes)
+            seeds = random_seeds(tf.shape(boxes)[0], self._generator) if self.seed is None \
+                else content_seeds(self.seed, boxes)
         else:
             seeds = tf.reshape(tf.cast(seeds, tf.int64), [-1, 2])
         # Everything runs on the inside anchors only; outside anchors get -1 and zero deltas.
