@@ -11,6 +11,7 @@ from rpn_tf.config import AnchorConfig, MultiLevelAnchorConfig
 from rpn_tf.metrics import ProposalRecall
 from rpn_tf.model import RPNModel
 from rpn_tf.proposals import ProposalConfig, generate_proposals
+from rpn_tf.roi_sampling import RoiSampler
 from rpn_tf.matching import AnchorMatcher, anchors_inside_image, label_anchors
 from rpn_tf.sampling import sample_balanced
 from rpn_tf.targets import RpnTargetEncoder
@@ -24,6 +25,7 @@ __all__ = [
     "ProposalConfig",
     "ProposalRecall",
     "RPNModel",
+    "RoiSampler",
     "RpnTargetEncoder",
     "anchors_inside_image",
     "box_ops",

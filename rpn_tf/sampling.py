@@ -48,21 +48,22 @@ def random_seeds(batch_size, generator=None):
     return generator.uniform(shape, maxval=_INT32_MAX, dtype=tf.int64)
 
 
-def _unique_random_keys(seeds, num_candidates: int):
+def _unique_random_keys(seeds, num_candidates):
     """Distinct non-negative int32 keys per candidate: a random part times ``num_candidates`` plus the index.
 
-    Keys never tie, so a top-k threshold selects exactly k candidates.
+    Keys never tie, so a top-k threshold selects exactly k candidates. ``num_candidates``: int or scalar tensor.
     """
-    key_levels = max(_INT32_MAX // max(num_candidates, 1), 1)
+    key_levels = tf.maximum(_INT32_MAX // tf.maximum(num_candidates, 1), 1)
 
     def draw(seed):
-        return tf.random.stateless_uniform([num_candidates], seed=seed, minval=0, maxval=key_levels,
-                                           dtype=tf.int32)
+        return tf.random.stateless_uniform(tf.reshape(num_candidates, [1]), seed=seed, minval=0,
+                                           maxval=key_levels, dtype=tf.int32)
 
     if seeds.shape[0] == 1:  # The per-image path of tf.data: no loop needed.
         random_part = draw(seeds[0])[None, :]
     else:
-        random_part = tf.map_fn(draw, seeds, fn_output_signature=tf.TensorSpec([num_candidates], tf.int32))
+        static = num_candidates if isinstance(num_candidates, int) else None
+        random_part = tf.map_fn(draw, seeds, fn_output_signature=tf.TensorSpec([static], tf.int32))
     return random_part * num_candidates + tf.range(num_candidates, dtype=tf.int32)[None, :]
 
 
@@ -73,7 +74,7 @@ def sample_balanced(labels, seeds, num_samples=256, positive_fraction=0.5):
     fill the rest up to ``num_samples`` (fewer if there are not enough); every other candidate becomes -1.
 
     Args:
-      labels: int32 ``Tensor[B, A]`` in {1, 0, -1}; A must be static.
+      labels: int32 ``Tensor[B, A]`` in {1, 0, -1}; A may be dynamic (then it must be > 0 at run time).
       seeds: int ``Tensor[B, 2]`` (``content_seeds`` or ``random_seeds``).
       num_samples: samples per image.
       positive_fraction: largest share of positives.
@@ -82,26 +83,27 @@ def sample_balanced(labels, seeds, num_samples=256, positive_fraction=0.5):
       int32 ``Tensor[B, A]`` in {1, 0, -1}.
     """
     num_candidates = labels.shape[-1]
-    if num_candidates is None:
-        raise ValueError("sample_balanced needs a static number of candidates (labels.shape[-1])")
     if num_candidates == 0:
         return labels
+    if num_candidates is None:
+        num_candidates = tf.shape(labels)[-1]
     keys = _unique_random_keys(seeds, num_candidates)  # (B, A)
     is_positive = labels == 1
     is_negative = labels == 0
 
-    max_positives = min(int(num_samples * positive_fraction), num_candidates)
+    max_positives = int(num_samples * positive_fraction)
     if max_positives > 0:
         positive_keys = tf.where(is_positive, keys, -1)
         # The k-th largest key; -1 when there are fewer than k positives, which then are all kept.
-        positive_threshold = tf.math.top_k(positive_keys, k=max_positives, sorted=True).values[:, -1:]
+        k = tf.minimum(max_positives, num_candidates)
+        positive_threshold = tf.math.top_k(positive_keys, k=k, sorted=True).values[:, -1:]
         keep_positive = is_positive & (keys >= positive_threshold)
     else:
         keep_positive = tf.zeros_like(is_positive)
     num_positive_kept = tf.reduce_sum(tf.cast(keep_positive, tf.int32), axis=1)  # (B,)
 
     num_negative_wanted = num_samples - num_positive_kept  # (B,)
-    top_count = min(num_samples, num_candidates)
+    top_count = tf.minimum(num_samples, num_candidates)
     negative_keys = tf.where(is_negative, keys, -1)
     top_negative_keys = tf.math.top_k(negative_keys, k=top_count, sorted=True).values  # (B, top_count)
     position = tf.clip_by_value(num_negative_wanted - 1, 0, top_count - 1)

@@ -103,3 +103,27 @@ def encode_np(anchors, gt_boxes, image_size, rng, **label_kwargs):
     """Full reference target computation: labels → balanced sample → deltas."""
     labels, matched = label_np(anchors, gt_boxes, image_size, **label_kwargs)
     return sample_np(labels, rng), deltas_np(anchors, gt_boxes, matched)
+
+
+def decode_np(deltas, anchors, clip=np.log(1000.0 / 16)):
+    ah, aw = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    ay, ax = anchors[:, 0] + ah / 2, anchors[:, 1] + aw / 2
+    cy, cx = deltas[:, 0] * ah + ay, deltas[:, 1] * aw + ax
+    h, w = np.exp(np.minimum(deltas[:, 2], clip)) * ah, np.exp(np.minimum(deltas[:, 3], clip)) * aw
+    return np.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], axis=1)
+
+
+def proposals_np(anchors, logits, deltas, image_size, pre_nms, post_nms, nms_iou=0.7, min_size=16.0):
+    """decode → clip → drop small → top-k → greedy NMS → top-N, for one image."""
+    boxes = decode_np(deltas.astype(np.float64), anchors.astype(np.float64))
+    boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, image_size[0])
+    boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, image_size[1])
+    keep = np.where((boxes[:, 2] - boxes[:, 0] >= min_size) & (boxes[:, 3] - boxes[:, 1] >= min_size))[0]
+    order = keep[np.argsort(-logits[keep], kind="stable")][:pre_nms]
+    selected = []
+    while len(order) and len(selected) < post_nms:
+        best = order[0]
+        selected.append(best)
+        rest = order[1:]
+        order = rest[iou_np(boxes[rest], boxes[best:best + 1])[:, 0] <= nms_iou]
+    return boxes[selected], 1 / (1 + np.exp(-logits[selected]))
