@@ -119,6 +119,8 @@ class RPNModel(keras.Model):
 
         if isinstance(backbone, dict):  # from get_config
             backbone = keras.saving.deserialize_keras_object(backbone)
+        if backbone == "simple" and backbone_stride is None:
+            backbone_stride = self.anchor_config.stride  # the small backbone is built for the anchors' stride
         self.backbone, stride, mode = build_backbone(backbone, self.image_size, weights, backbone_stride,
                                                      self.freeze_backbone_layers)
         self.backbone_name = backbone if isinstance(backbone, str) else None

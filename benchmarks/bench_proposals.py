@@ -1,0 +1,84 @@
+"""Latency of the proposal stage and of one served call, split by stage.
+
+Run: ``python benchmarks/bench_proposals.py [--repeats N] [--skip-vgg]``.
+
+1. ``generate_proposals`` at 800×800 (22 500 anchors → top 12 000 → NMS 0.7 → 2 000, the training counts), batch
+   1 and 8, beside the NumPy reference (decode → clip → min size → top-k → greedy NMS) timed in the same run.
+2. One ``serving_default``-style call on a 400×400 JPEG, split into preprocessing (decode + resize),
+   backbone + head, and post-processing (proposals), for VGG16 at 800×800 and the small backbone.
+Not a test: numbers depend on the machine.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import rpn_tf  # noqa: E402
+from tests.reference import proposals_np  # noqa: E402
+
+
+def timed(function, repeats):
+    function()  # warm-up (tracing)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        function()
+    return (time.perf_counter() - start) / repeats * 1e3
+
+
+def bench_proposal_stage(repeats):
+    image_size = (800, 800)
+    anchors = rpn_tf.generate_anchors(image_size)
+    config = rpn_tf.ProposalConfig()
+    rng = np.random.default_rng(0)
+    print("proposal stage, 22 500 anchors -> 12 000 -> NMS 0.7 -> 2 000 (ms per call)")
+    print(f"{'batch':>5} {'tf graph':>9} {'numpy':>9} {'ratio':>7}")
+    for batch in (1, 8):
+        logits = tf.constant(rng.normal(size=(batch, anchors.shape[0])).astype(np.float32))
+        deltas = tf.constant((rng.normal(size=(batch, anchors.shape[0], 4)) * 0.2).astype(np.float32))
+        function = tf.function(lambda l, d: rpn_tf.generate_proposals(anchors, l, d, image_size, config, True))
+        tf_ms = timed(lambda: function(logits, deltas), repeats)
+        anchors_np, logits_np, deltas_np = anchors.numpy(), logits.numpy(), deltas.numpy()
+        np_ms = timed(lambda: [proposals_np(anchors_np, logits_np[i], deltas_np[i], image_size, 12000, 2000)
+                               for i in range(batch)], max(repeats // 5, 1))
+        print(f"{batch:>5} {tf_ms:>9.1f} {np_ms:>9.1f} {np_ms / tf_ms:>6.1f}x")
+
+
+def bench_served_call(backbone, image_size, anchor_config, repeats):
+    model = rpn_tf.RPNModel(image_size, anchor_config, backbone=backbone, weights=None)
+    jpeg = tf.io.encode_jpeg(np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8))
+    preprocess = tf.function(lambda data: tf.image.resize(tf.io.decode_jpeg(data, channels=3), image_size)[None])
+    network = tf.function(lambda images: model(images, training=False))
+    postprocess = tf.function(lambda outputs: model.propose(outputs, training=False))
+    images = preprocess(jpeg)
+    outputs = network(images)
+    pre_ms = timed(lambda: preprocess(jpeg), repeats)
+    net_ms = timed(lambda: network(images), repeats)
+    post_ms = timed(lambda: postprocess(outputs), repeats)
+    total = pre_ms + net_ms + post_ms
+    print(f"{backbone:>14} {image_size[0]}x{image_size[1]}: preprocessing {pre_ms:7.1f} ms ({pre_ms / total:4.0%}), "
+          f"backbone+head {net_ms:7.1f} ms ({net_ms / total:4.0%}), post-processing {post_ms:6.1f} ms "
+          f"({post_ms / total:4.0%})")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--skip-vgg", action="store_true", help="skip the (slow on CPU) VGG16 served call")
+    args = parser.parse_args()
+    print(f"tf {tf.__version__}, {os.cpu_count()} CPU cores, devices {[d.device_type for d in tf.config.list_logical_devices()]}")
+    bench_proposal_stage(args.repeats)
+    print("one served call on a 400x400 JPEG (batch 1)")
+    bench_served_call("simple", (400, 400), rpn_tf.AnchorConfig(stride=8, scales=(2.5, 5.0, 10.0)), args.repeats)
+    if not args.skip_vgg:
+        bench_served_call("vgg16", (800, 800), rpn_tf.AnchorConfig(), max(args.repeats // 3, 1))
+
+
+if __name__ == "__main__":
+    main()
