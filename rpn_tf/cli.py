@@ -1,0 +1,287 @@
+"""The ``rpn-tf`` command line: ``train``, ``evaluate``, ``export``, ``predict``, ``visualize-targets``, ``demo``.
+
+Datasets (``--format``):
+  ``deepforest``  the bundled deepforest images (``--data`` names, comma-separated; default: the YELL images)
+  ``voc``         a VOC folder (``--data ROOT`` with Annotations/ and JPEGImages/)
+  ``coco``        COCO instances JSON (``--data FILE --images DIR``)
+  ``tfrecord``    TF Object Detection API TFRecords (``--data GLOB``)
+``--tile SIZE`` cuts images into SIZE×SIZE tiles (``--tile-overlap``, default SIZE/4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+FORMATS = ("deepforest", "voc", "coco", "tfrecord")
+
+
+def _add_data_arguments(parser):
+    parser.add_argument("--format", choices=FORMATS, default="deepforest", help="dataset format")
+    parser.add_argument("--data", default=None, help="dataset path (see the formats above)")
+    parser.add_argument("--images", default=None, help="image folder (COCO)")
+    parser.add_argument("--skip-errors", action="store_true", help="skip malformed records (counted) instead of "
+                                                                     "stopping at the first")
+    parser.add_argument("--tile", type=int, default=None, help="cut images into tiles of this size")
+    parser.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in pixels (default tile/4)")
+
+
+def _add_model_arguments(parser):
+    parser.add_argument("--backbone", default="simple", help="vgg16 | resnet50 | mobilenet_v2 | simple")
+    parser.add_argument("--weights", default=None, help="None, 'imagenet' or a weights file for the backbone")
+    parser.add_argument("--image-size", type=int, nargs=2, default=(400, 400), metavar=("H", "W"))
+    parser.add_argument("--stride", type=int, default=8)
+    parser.add_argument("--scales", type=float, nargs="+", default=(2.5, 5.0, 10.0))
+    parser.add_argument("--ratios", type=float, nargs="+", default=(0.75, 1.0, 4.0 / 3.0))
+    parser.add_argument("--head-channels", type=int, default=64)
+    parser.add_argument("--max-boxes", type=int, default=200)
+
+
+def load_dataset(args):
+    """The element dataset (``image``, ``boxes``, ``classes``) that ``args`` describe."""
+    from rpn_tf.data import adapters
+
+    on_error = "skip" if args.skip_errors else "raise"
+    if args.format == "deepforest":
+        names = args.data.split(",") if args.data else None
+        dataset = adapters.from_deepforest(names)
+    elif args.data is None:
+        raise SystemExit(f"error: --data is required for --format {args.format}")
+    elif args.format == "voc":
+        dataset, report, _ = adapters.from_voc(args.data, on_error=on_error)
+        _print_report(report)
+    elif args.format == "coco":
+        if args.images is None:
+            raise SystemExit("error: --images is required for --format coco")
+        dataset, report = adapters.from_coco(args.data, args.images, on_error=on_error)
+        _print_report(report)
+    else:
+        dataset = adapters.read_od_tfrecords(args.data)
+    if args.tile:
+        overlap = args.tile // 4 if args.tile_overlap is None else args.tile_overlap
+        dataset = adapters.tile_dataset(dataset, args.tile, overlap)
+    return dataset
+
+
+def _print_report(report):
+    if report.skipped:
+        print(f"skipped {len(report.skipped)} malformed records", file=sys.stderr)
+        for name, reason in list(report.skipped.items())[:10]:
+            print(f"  {reason}", file=sys.stderr)
+    for reason, count in report.excluded_boxes.items():
+        if count:
+            print(f"excluded {count} {reason} boxes", file=sys.stderr)
+
+
+def _build_model(args):
+    import rpn_tf
+
+    anchors = rpn_tf.AnchorConfig(stride=args.stride, scales=tuple(args.scales), ratios=tuple(args.ratios))
+    return rpn_tf.RPNModel(tuple(args.image_size), anchors, backbone=args.backbone, weights=args.weights,
+                           head_channels=args.head_channels,
+                           target_encoder_config={"max_boxes": args.max_boxes})
+
+
+def _encoded(model, dataset, batch_size, shuffle=False):
+    import tensorflow as tf
+
+    if shuffle:
+        dataset = dataset.shuffle(256, reshuffle_each_iteration=True)
+    return (dataset.map(model.target_encoder, num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+
+
+def command_train(args):
+    import keras
+
+    os.makedirs(args.out, exist_ok=True)
+    model = _build_model(args)
+    dataset = _encoded(model, load_dataset(args), args.batch_size, shuffle=True)
+    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate))
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(os.path.join(args.out, "checkpoint.keras")),
+        keras.callbacks.TensorBoard(os.path.join(args.out, "logs")),
+        # Resume: an interrupted run restarts from its last finished epoch when run again with the same --out.
+        keras.callbacks.BackupAndRestore(os.path.join(args.out, "backup")),
+    ]
+    start = time.perf_counter()
+    model.fit(dataset, epochs=args.epochs, callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+    path = os.path.join(args.out, "model.keras")
+    model.save(path)
+    print(f"trained in {time.perf_counter() - start:.0f} s; saved {path}")
+    return 0
+
+
+def evaluate_recall(model, dataset, top_ns=(100, 300, 1000), batch_size=4):
+    """Recall@N at IoU 0.5 / 0.7 and AR@N for each N, from real proposals (test-time pre-NMS count)."""
+    import dataclasses
+
+    import tensorflow as tf
+
+    import rpn_tf
+
+    config = dataclasses.replace(model.proposal_config, post_nms_top_k_test=max(top_ns))
+    metrics = [rpn_tf.ProposalRecall(top_n=n) for n in top_ns]
+    for images, targets in _encoded(model, dataset, batch_size):
+        outputs = model(images, training=False)
+        proposals = rpn_tf.generate_proposals(model.anchors, outputs["objectness_logits"], outputs["box_deltas"],
+                                              model.image_size, config)
+        for metric in metrics:
+            metric.update_state(targets["gt_boxes"], proposals["boxes"], proposals["num_proposals"])
+    results = {}
+    for metric in metrics:
+        results.update({key: float(value) for key, value in metric.result().items()})
+    return {key: results[key] for key in sorted(results, key=lambda k: (k.split("@")[0], k))}
+
+
+def command_evaluate(args):
+    import keras
+
+    model = keras.models.load_model(args.model)
+    results = evaluate_recall(model, load_dataset(args), tuple(args.top_n))
+    for key, value in results.items():
+        print(f"{key}: {value:.4f}")
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(results, file, indent=2)
+    return 0
+
+
+def command_export(args):
+    from export.__main__ import main as export_main
+
+    argv = [args.model, "--base-dir", args.base_dir, "--name", args.name]
+    if args.version is not None:
+        argv += ["--version", str(args.version)]
+    if args.config:
+        argv += ["--config", args.config]
+    return export_main(argv)
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+
+
+def command_predict(args):
+    import tensorflow as tf
+
+    from export import load_model
+    from export.exporter import RpnServingModule
+    from rpn_tf.visualize import RED, draw_boxes, write_png
+
+    if os.path.isdir(args.input):
+        paths = sorted(p for p in glob.glob(os.path.join(args.input, "*")) if p.lower().endswith(IMAGE_EXTENSIONS))
+    else:
+        paths = [args.input]
+    if not paths or not all(os.path.exists(p) for p in paths):
+        raise SystemExit(f"error: no images found at {args.input}")
+    module = RpnServingModule(load_model(args.model, args.config))
+    os.makedirs(args.out, exist_ok=True)
+    for path in paths:
+        data = tf.io.read_file(path)
+        outputs = module.serve_encoded_images(tf.reshape(data, [1]))
+        count = min(int(outputs["num_proposals"][0]), args.top_n)
+        boxes = outputs["proposal_boxes"].numpy()[0, :count]
+        scores = outputs["proposal_scores"].numpy()[0, :count]
+        image = tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
+        stem = os.path.splitext(os.path.basename(path))[0]
+        write_png(os.path.join(args.out, f"{stem}_proposals.png"), draw_boxes(image, [(boxes, RED)]))
+        with open(os.path.join(args.out, f"{stem}_proposals.json"), "w") as file:
+            json.dump({"image": path, "boxes_yxyx": boxes.round(2).tolist(), "scores": scores.round(5).tolist()},
+                      file)
+        print(f"{path}: {count} proposals -> {os.path.join(args.out, stem + '_proposals.png')}")
+    return 0
+
+
+def command_visualize_targets(args):
+    import tensorflow as tf
+
+    import rpn_tf
+    from rpn_tf.visualize import BLUE, GREEN, RED, draw_boxes, write_png
+
+    element = next(iter(load_dataset(args).skip(args.index)))
+    image = element["image"].numpy()
+    anchors = rpn_tf.AnchorConfig(stride=args.stride, scales=tuple(args.scales), ratios=tuple(args.ratios))
+    encoder = rpn_tf.RpnTargetEncoder(image.shape[:2], anchors, seed=0, max_boxes=max(len(element["boxes"]), 1))
+    _, targets = encoder(tf.convert_to_tensor(image), element["boxes"])
+    labels = targets["rpn_labels"].numpy()
+    boxes = encoder.anchors.numpy()
+    write_png(args.output, draw_boxes(image, [(element["boxes"].numpy(), GREEN), (boxes[labels == 1], RED),
+                                              (boxes[labels == 0], BLUE)]))
+    print(f"{(labels == 1).sum()} positive (red) and {(labels == 0).sum()} negative (blue) anchors of "
+          f"{len(labels)}; GT green -> {args.output}")
+    return 0
+
+
+def command_demo(args):
+    from rpn_tf import demo
+
+    demo.main(["--out", args.out, "--epochs", str(args.epochs)])
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="rpn-tf", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train an RPNModel on a dataset")
+    _add_data_arguments(train)
+    _add_model_arguments(train)
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--out", default="rpn_run", help="checkpoints, TensorBoard logs and model.keras")
+    train.set_defaults(run=command_train)
+
+    evaluate = commands.add_parser("evaluate", help="recall@N (IoU 0.5 / 0.7) and AR@N of a trained model")
+    evaluate.add_argument("model", help="a .keras file")
+    _add_data_arguments(evaluate)
+    evaluate.add_argument("--top-n", type=int, nargs="+", default=(100, 300, 1000))
+    evaluate.add_argument("--json", default=None, help="also write the results here")
+    evaluate.set_defaults(run=command_evaluate)
+
+    export = commands.add_parser("export", help="write a TF Serving SavedModel (see python -m export)")
+    export.add_argument("model")
+    export.add_argument("--base-dir", required=True)
+    export.add_argument("--name", default="rpn")
+    export.add_argument("--version", type=int, default=None)
+    export.add_argument("--config", default=None)
+    export.set_defaults(run=command_export)
+
+    predict = commands.add_parser("predict", help="draw the top-N proposals of an image or a folder")
+    predict.add_argument("model", help="a .keras file (or weights with --config)")
+    predict.add_argument("input", help="an image file or a folder of images")
+    predict.add_argument("--config", default=None)
+    predict.add_argument("--out", default="predictions")
+    predict.add_argument("--top-n", type=int, default=50)
+    predict.set_defaults(run=command_predict)
+
+    visualize = commands.add_parser("visualize-targets", help="PNG of the anchors labelled positive / negative")
+    _add_data_arguments(visualize)
+    visualize.add_argument("--index", type=int, default=0, help="which image of the dataset")
+    visualize.add_argument("--stride", type=int, default=8)
+    visualize.add_argument("--scales", type=float, nargs="+", default=(2.5, 5.0, 10.0))
+    visualize.add_argument("--ratios", type=float, nargs="+", default=(0.75, 1.0, 4.0 / 3.0))
+    visualize.add_argument("--output", default="targets.png")
+    visualize.set_defaults(run=command_visualize_targets)
+
+    demo = commands.add_parser("demo", help="train, evaluate, export and serve on the bundled real data")
+    demo.add_argument("--out", default="demo_output")
+    demo.add_argument("--epochs", type=int, default=15)
+    demo.set_defaults(run=command_demo)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
