@@ -42,7 +42,8 @@ def bench_proposal_stage(repeats):
     for batch in (1, 8):
         logits = tf.constant(rng.normal(size=(batch, anchors.shape[0])).astype(np.float32))
         deltas = tf.constant((rng.normal(size=(batch, anchors.shape[0], 4)) * 0.2).astype(np.float32))
-        function = tf.function(lambda l, d: rpn_tf.generate_proposals(anchors, l, d, image_size, config, True))
+        function = tf.function(
+            lambda scores, boxes: rpn_tf.generate_proposals(anchors, scores, boxes, image_size, config, True))
         tf_ms = timed(lambda: function(logits, deltas), repeats)
         anchors_np, logits_np, deltas_np = anchors.numpy(), logits.numpy(), deltas.numpy()
         np_ms = timed(lambda: [proposals_np(anchors_np, logits_np[i], deltas_np[i], image_size, 12000, 2000)
@@ -72,7 +73,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--skip-vgg", action="store_true", help="skip the (slow on CPU) VGG16 served call")
     args = parser.parse_args()
-    print(f"tf {tf.__version__}, {os.cpu_count()} CPU cores, devices {[d.device_type for d in tf.config.list_logical_devices()]}")
+    devices = [device.device_type for device in tf.config.list_logical_devices()]
+    print(f"tf {tf.__version__}, {os.cpu_count()} CPU cores, devices {devices}")
     bench_proposal_stage(args.repeats)
     print("one served call on a 400x400 JPEG (batch 1)")
     bench_served_call("simple", (400, 400), rpn_tf.AnchorConfig(stride=8, scales=(2.5, 5.0, 10.0)), args.repeats)

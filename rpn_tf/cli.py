@@ -122,7 +122,6 @@ def evaluate_recall(model, dataset, top_ns=(100, 300, 1000), batch_size=4):
     """Recall@N at IoU 0.5 / 0.7 and AR@N for each N, from real proposals (test-time pre-NMS count)."""
     import dataclasses
 
-    import tensorflow as tf
 
     import rpn_tf
 

@@ -13,7 +13,7 @@ import tensorflow as tf
 from rpn_tf import box_ops
 from rpn_tf.anchors import generate_anchors
 from rpn_tf.config import DEFAULT_IMAGE_SIZE, AnchorConfig, as_anchor_config, validate_image_size
-from rpn_tf.matching import IGNORE, AnchorMatcher, valid_gt_mask
+from rpn_tf.matching import IGNORE, AnchorMatcher
 from rpn_tf.sampling import content_seeds, random_seeds, sample_balanced
 
 GT_PADDING_VALUE = -1.0

@@ -110,7 +110,8 @@ def test_mixed_sizes_and_tf_example(export_dir, real_jpeg):
     small = tf.io.encode_png(real_jpeg[1][:100, :250]).numpy()
     out = loaded.signatures["serving_default"](encoded_images=tf.constant([real_jpeg[0], small]))
     np.testing.assert_allclose(out["image_scale"].numpy(), [[64 / 400, 64 / 400], [64 / 100, 64 / 250]], rtol=1e-6)
-    assert np.all(out["proposal_boxes"].numpy()[1, :, 2] <= 100) and np.all(out["proposal_boxes"].numpy()[1, :, 3] <= 250)
+    second = out["proposal_boxes"].numpy()[1]
+    assert np.all(second[:, 2] <= 100) and np.all(second[:, 3] <= 250)
     example = tf.train.Example(features=tf.train.Features(feature={
         "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[real_jpeg[0]]))}))
     from_example = loaded.signatures["tf_example"](serialized_examples=tf.constant([example.SerializeToString()]))

@@ -276,6 +276,6 @@ def test_more_boxes_than_max_boxes_raises():
 
 
 def test_all_padding_gt_matches_nothing(encoder):
-    labels, matched = encoder.label_anchors(-np.ones((2, 3, 4), np.float32))
+    _, matched = encoder.label_anchors(-np.ones((2, 3, 4), np.float32))
     np.testing.assert_array_equal(matched.numpy(), -1)
     assert np.all(encoder.encode(-np.ones((2, 3, 4), np.float32))["rpn_deltas"].numpy() == 0)
