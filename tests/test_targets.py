@@ -1,9 +1,11 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import rpn_tf
-from reference import anchors_np, deltas_np, label_np
+from reference import anchors_np, deltas_np, iou_np, label_np
 
 IMAGE_SIZE = (800, 800)
 
@@ -279,3 +281,31 @@ def test_all_padding_gt_matches_nothing(encoder):
     _, matched = encoder.label_anchors(-np.ones((2, 3, 4), np.float32))
     np.testing.assert_array_equal(matched.numpy(), -1)
     assert np.all(encoder.encode(-np.ones((2, 3, 4), np.float32))["rpn_deltas"].numpy() == 0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 700), st.floats(0, 700), st.floats(8, 400), st.floats(8, 400)),
+                min_size=0, max_size=12))
+def test_label_and_sample_invariants(raw_boxes):
+    encoder = _PROPERTY_ENCODER
+    gt = np.array([[y, x, min(y + h, 800), min(x + w, 800)] for y, x, h, w in raw_boxes], np.float32).reshape(-1, 4)
+    labels, matched = (t.numpy() for t in encoder.label_anchors(gt))
+    sampled = encoder.encode(gt)["rpn_labels"].numpy()
+    # every GT box keeps its best anchor(s) as positives
+    anchors = encoder.anchors.numpy()
+    ious = iou_np(anchors, gt) if len(gt) else np.zeros((len(anchors), 0), np.float32)
+    outside = ((anchors[:, :2] < 0) | (anchors[:, 2:] > 800)).any(axis=1)
+    ious[outside] = -1
+    for column in range(len(gt)):
+        best = ious[:, column].max()
+        if best > 0:
+            assert np.any(labels[ious[:, column] >= best - 1e-6] == 1)
+    # sampling: a subset of the labels, at most 128 positives, at most 256 in all, exactly 256 when possible
+    assert np.all(np.isin(sampled[sampled >= 0], [0, 1])) and np.all(labels[sampled == 1] == 1)
+    assert np.all(labels[sampled == 0] == 0)
+    assert (sampled == 1).sum() == min((labels == 1).sum(), 128)
+    assert (sampled >= 0).sum() == min(256, (sampled == 1).sum() + (labels == 0).sum())
+    assert np.all(matched[outside] == -1) and np.all(labels[outside] == -1)
+
+
+_PROPERTY_ENCODER = rpn_tf.RpnTargetEncoder(IMAGE_SIZE, seed=1)
