@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import tensorflow as tf
 
 from rpn_tf import box_ops
@@ -122,6 +123,14 @@ class RpnTargetEncoder:
         self._anchors = generate_anchors(self.image_size, self.anchor_config)
         self._matcher = AnchorMatcher(self._anchors, self.image_size, self.allowed_border, self.positive_iou,
                                       self.negative_iou)
+        # Per inside anchor: (centre y, centre x, log h, log w) and (wy / h, wx / w, wh, ww), as constants.
+        inside = self._matcher.inside_anchors.numpy().astype(np.float64)
+        heights, widths = inside[:, 2] - inside[:, 0], inside[:, 3] - inside[:, 1]
+        self._anchor_terms = tf.constant(np.stack([inside[:, 0] + 0.5 * heights, inside[:, 1] + 0.5 * widths,
+                                                   np.log(heights), np.log(widths)], axis=1), tf.float32)
+        wy, wx, wh, ww = self.delta_weights
+        self._anchor_scales = tf.constant(np.stack([wy / heights, wx / widths, np.full_like(heights, wh),
+                                                    np.full_like(widths, ww)], axis=1), tf.float32)
 
     @property
     def anchors(self) -> tf.Tensor:
@@ -192,13 +201,18 @@ class RpnTargetEncoder:
     def _inside_targets(self, boxes):
         """Labels before sampling and deltas of the inside anchors: ``([B, A_in] int32, [B, A_in, 4])``."""
         labels, matched_gt_index, _ = self._matcher.match_inside(boxes)
+        # Deltas = (gt terms - anchor terms) · anchor scales, with the GT terms (centre, log size) computed once
+        # per GT box and gathered, and the anchor terms constants: two [A_in, 4] ops instead of ~20.
+        heights = boxes[..., 2] - boxes[..., 0]
+        widths = boxes[..., 3] - boxes[..., 1]
+        gt_terms = tf.stack([boxes[..., 0] + 0.5 * heights, boxes[..., 1] + 0.5 * widths,
+                             tf.math.log(heights), tf.math.log(widths)], axis=-1)  # (B, G, 4)
         # One spare row keeps the gather in range when G == 0; unmatched anchors never use what it returns.
-        boxes_ext = tf.pad(boxes, [[0, 0], [0, 1], [0, 0]], constant_values=GT_PADDING_VALUE)  # (B, G+1, 4)
-        matched_boxes = tf.gather(boxes_ext, tf.maximum(matched_gt_index, 0), batch_dims=1)  # (B, A_in, 4)
-        anchors = tf.broadcast_to(self._matcher.inside_anchors[None], tf.shape(matched_boxes))
-        # Unmatched anchors regress onto themselves, which encodes to exact zeros (and never to NaN).
-        target_boxes = tf.where((matched_gt_index >= 0)[..., None], matched_boxes, anchors)
-        return labels, box_ops.encode_deltas(target_boxes, anchors, self.delta_weights)
+        gt_terms = tf.pad(gt_terms, [[0, 0], [0, 1], [0, 0]])
+        matched_terms = tf.gather(gt_terms, tf.maximum(matched_gt_index, 0), batch_dims=1)  # (B, A_in, 4)
+        deltas = (matched_terms - self._anchor_terms) * self._anchor_scales
+        # Unmatched anchors (and padding rows, whose log sizes are -inf) get exact zeros.
+        return labels, tf.where((matched_gt_index >= 0)[..., None], deltas, 0.0)
 
     def _encode_yxyx(self, boxes, seeds=None):
         """``encode`` of validated ``[B, G, 4]`` yxyx network-pixel boxes.
