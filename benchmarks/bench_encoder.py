@@ -19,6 +19,7 @@ import rpn_tf  # noqa: E402
 from tests.reference import anchors_np, encode_np  # noqa: E402
 
 IMAGE_SIZE = (800, 800)
+REPEATS = 3
 
 
 def random_gt(rng, count, num_boxes):
@@ -40,11 +41,14 @@ def bench_tf(gt, repeats, with_image=True):
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     for _ in dataset.take(16):  # warm-up: tracing and thread pools
         pass
-    start = time.perf_counter()
-    count = 0
-    for _ in dataset:
-        count += 1
-    return count / (time.perf_counter() - start)
+    rates = []
+    for _ in range(REPEATS):  # best of REPEATS passes: a shared 2-core machine is noisy
+        start = time.perf_counter()
+        count = 0
+        for _ in dataset:
+            count += 1
+        rates.append(count / (time.perf_counter() - start))
+    return max(rates)
 
 
 def bench_numpy(gt, count):
@@ -58,7 +62,7 @@ def bench_numpy(gt, count):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--images", type=int, default=3000, help="images per measurement for TF")
+    parser.add_argument("--images", type=int, default=2000, help="images per pass for TF (best of 3 passes)")
     parser.add_argument("--numpy-images", type=int, default=100, help="images per measurement for NumPy")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
