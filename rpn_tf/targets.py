@@ -150,8 +150,11 @@ class RpnTargetEncoder:
             raise ValueError(f"gt_boxes must have 4 coordinates in the last axis, got shape {gt_boxes.shape}")
         if self.box_format == "yxyx" and not self.normalized_boxes:
             return gt_boxes
-        return box_ops.convert_boxes(gt_boxes, self.box_format, "yxyx", image_size=image_size,
-                                     source_normalized=self.normalized_boxes)
+        converted = box_ops.convert_boxes(gt_boxes, self.box_format, "yxyx", image_size=image_size,
+                                          source_normalized=self.normalized_boxes)
+        # Padding rows (all -1) stay padding whatever the format (xywh's -1 rows would read as inverted boxes).
+        padding = tf.reduce_all(gt_boxes == GT_PADDING_VALUE, axis=-1, keepdims=True)
+        return tf.where(padding, GT_PADDING_VALUE, converted)
 
     def _batched(self, gt_boxes, image_size=None):
         """Converts to yxyx network pixels, validates, and returns ``([B, G, 4] boxes, batch axis added?)``."""

@@ -270,6 +270,15 @@ def test_dict_input_with_classes_and_formats():
         encoder({"image": image, "boxes": tf.constant([[0.25, 0.5, 0.75, 1.0]]), "classes": tf.constant([3, 4])})
 
 
+def test_padding_rows_in_other_formats():
+    encoder = rpn_tf.RpnTargetEncoder((64, 64), rpn_tf.AnchorConfig(stride=16, scales=(2,)), box_format="xywh")
+    padded = tf.constant([[20, 10, 30, 40], [-1, -1, -1, -1]], tf.float32)  # x, y, w, h
+    labels, _ = encoder.label_anchors(padded)
+    want, _ = rpn_tf.RpnTargetEncoder((64, 64), rpn_tf.AnchorConfig(stride=16, scales=(2,))).label_anchors(
+        tf.constant([[10, 20, 50, 50]], tf.float32))
+    np.testing.assert_array_equal(labels.numpy(), want.numpy())
+
+
 def test_more_boxes_than_max_boxes_raises():
     encoder = rpn_tf.RpnTargetEncoder((64, 64), max_boxes=2)
     gt = random_boxes(np.random.default_rng(0), 3, (64, 64), 8, 30)
