@@ -118,29 +118,10 @@ def command_train(args):
     return 0
 
 
-def evaluate_recall(model, dataset, top_ns=(100, 300, 1000), batch_size=4):
-    """Recall@N at IoU 0.5 / 0.7 and AR@N for each N, from real proposals (test-time pre-NMS count)."""
-    import dataclasses
-
-
-    import rpn_tf
-
-    config = dataclasses.replace(model.proposal_config, post_nms_top_k_test=max(top_ns))
-    metrics = [rpn_tf.ProposalRecall(top_n=n) for n in top_ns]
-    for images, targets in _encoded(model, dataset, batch_size):
-        outputs = model(images, training=False)
-        proposals = rpn_tf.generate_proposals(model.anchors, outputs["objectness_logits"], outputs["box_deltas"],
-                                              model.image_size, config)
-        for metric in metrics:
-            metric.update_state(targets["gt_boxes"], proposals["boxes"], proposals["num_proposals"])
-    results = {}
-    for metric in metrics:
-        results.update({key: float(value) for key, value in metric.result().items()})
-    return {key: results[key] for key in sorted(results, key=lambda k: (k.split("@")[0], k))}
-
-
 def command_evaluate(args):
     import keras
+
+    from rpn_tf.evaluation import evaluate_recall
 
     model = keras.models.load_model(args.model)
     results = evaluate_recall(model, load_dataset(args), tuple(args.top_n))

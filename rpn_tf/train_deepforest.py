@@ -22,7 +22,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import rpn_tf  # noqa: E402
-from rpn_tf.data import deepforest  # noqa: E402
+from rpn_tf import evaluation as rpn_evaluation  # noqa: E402
+from rpn_tf.data import adapters, deepforest  # noqa: E402
 from rpn_tf.data.tiling import tile_image  # noqa: E402
 
 TILE_SIZE = 400
@@ -80,11 +81,7 @@ def build_model(backbone="simple", seed=0):
 
 def evaluate_recall(model):
     """Recall@300 (IoU 0.5, 0.7) and AR@300 on OSBS_029."""
-    image, annotation = deepforest.load_deepforest_image(deepforest.EVAL_IMAGE)
-    metric = rpn_tf.ProposalRecall(top_n=300)
-    outputs = model.predict_step(image[None])
-    metric.update_state(padded([annotation.boxes]), outputs["proposal_boxes"], outputs["num_proposals"])
-    return {key: float(value) for key, value in metric.result().items()}
+    return rpn_evaluation.evaluate_recall(model, adapters.from_deepforest([deepforest.EVAL_IMAGE]), (300,))
 
 
 def train(epochs=15, backbone="simple", batch_size=8, learning_rate=3e-3, out_dir=None, verbose=2):
