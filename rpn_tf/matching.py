@@ -51,6 +51,26 @@ def valid_gt_mask(gt_boxes):
     return finite & (gt_boxes[..., 2] > gt_boxes[..., 0]) & (gt_boxes[..., 3] > gt_boxes[..., 1])
 
 
+def best_gt_match(iou, gt_axis):
+    """Best GT box per candidate from an IoU tensor whose unusable entries (invalid GT) are -1.
+
+    Args:
+      iou: float ``Tensor`` with the GT boxes along ``gt_axis`` (that axis may have size 0).
+      gt_axis: the GT axis (1 or -1).
+
+    Returns:
+      ``(matched_gt_index, best_iou)`` with ``gt_axis`` reduced: the first GT of highest IoU, or -1 (and IoU -1)
+      where no GT is valid.
+    """
+    # A slice of -1 keeps argmax and max defined when there are no GT boxes.
+    axis = gt_axis % iou.shape.rank
+    no_match = tf.fill(tf.tensor_scatter_nd_update(tf.shape(iou), [[axis]], [1]), tf.constant(-1.0, iou.dtype))
+    iou_ext = tf.concat([iou, no_match], axis=gt_axis)
+    best_gt = tf.argmax(iou_ext, axis=gt_axis, output_type=tf.int32)
+    best_iou = tf.reduce_max(iou_ext, axis=gt_axis)
+    return tf.where(best_iou >= 0.0, best_gt, -1), best_iou
+
+
 def _scatter_to_all(values_inside, inverse_index, fill_value):
     """``[B, A_in, ...]`` values of the inside anchors → ``[B, A, ...]`` with ``fill_value`` elsewhere."""
     filler_shape = tf.concat([tf.shape(values_inside)[:1], [1], tf.shape(values_inside)[2:]], axis=0)
@@ -120,12 +140,7 @@ class AnchorMatcher:
         if gt_valid is None:
             gt_valid = valid_gt_mask(gt_boxes)
         iou = tf.where(gt_valid[:, :, None], self.inside_iou(gt_boxes), -1.0)  # (B, G, A_in)
-        # A row of -1 keeps argmax and max defined when G == 0.
-        no_match_row = tf.fill(tf.stack([tf.shape(iou)[0], 1, self.num_inside]), -1.0)
-        iou_ext = tf.concat([iou, no_match_row], axis=1)  # (B, G+1, A_in)
-        best_gt = tf.argmax(iou_ext, axis=1, output_type=tf.int32)  # (B, A_in)
-        best_iou = tf.reduce_max(iou_ext, axis=1)  # (B, A_in); -1 only when the image has no valid GT
-        matched_gt_index = tf.where(best_iou >= 0.0, best_gt, -1)
+        matched_gt_index, best_iou = best_gt_match(iou, gt_axis=1)  # (B, A_in); -1 without valid GT
         max_iou = tf.maximum(best_iou, 0.0)
 
         labels = tf.where(max_iou < self.negative_iou, NEGATIVE, IGNORE)

@@ -133,7 +133,6 @@ class RPNModel(keras.Model):
         if feature_shape != expected:
             raise ValueError(f"the backbone maps {self.image_size} to a {feature_shape} feature map but the anchors "
                              f"need {expected} (ceil(size / stride)); use an image size divisible by {stride}")
-        self.feature_map_size = expected
         self.preprocessing = ImagePreprocessing(preprocessing or mode, name="preprocessing")
 
         num_anchors_per_location = self.anchor_config.num_anchors_per_location

@@ -10,7 +10,7 @@ import math
 import tensorflow as tf
 
 from rpn_tf import box_ops
-from rpn_tf.matching import valid_gt_mask
+from rpn_tf.matching import best_gt_match, valid_gt_mask
 from rpn_tf.sampling import content_seeds, random_seeds, sample_balanced
 
 BACKGROUND_CLASS = 0
@@ -90,9 +90,7 @@ class RoiSampler(tf.Module):
 
         iou = box_ops.iou_matrix(candidates, gt_boxes)  # (B, C, M)
         iou = tf.where(gt_valid[:, None, :], iou, -1.0)
-        iou = tf.concat([iou, -tf.ones_like(iou[..., :1])], axis=-1)  # keeps argmax defined when M == 0
-        max_iou = tf.reduce_max(iou, axis=-1)  # (B, C); -1 without valid GT
-        best_gt = tf.argmax(iou, axis=-1, output_type=tf.int32)
+        best_gt, max_iou = best_gt_match(iou, gt_axis=-1)  # (B, C); -1 without valid GT
         low, high = self.negative_iou_range
         background_iou = tf.maximum(max_iou, 0.0)
         is_positive = candidate_valid & (max_iou >= self.positive_iou)
