@@ -88,21 +88,15 @@ def _build_model(args):
                            target_encoder_config={"max_boxes": args.max_boxes})
 
 
-def _encoded(model, dataset, batch_size, shuffle=False):
-    import tensorflow as tf
-
-    if shuffle:
-        dataset = dataset.shuffle(256, reshuffle_each_iteration=True)
-    return (dataset.map(model.target_encoder, num_parallel_calls=tf.data.AUTOTUNE)
-            .batch(batch_size).prefetch(tf.data.AUTOTUNE))
-
-
 def command_train(args):
     import keras
+    import tensorflow as tf
 
     os.makedirs(args.out, exist_ok=True)
     model = _build_model(args)
-    dataset = _encoded(model, load_dataset(args), args.batch_size, shuffle=True)
+    dataset = (load_dataset(args).shuffle(256, reshuffle_each_iteration=True)
+               .map(model.target_encoder, num_parallel_calls=tf.data.AUTOTUNE)
+               .batch(args.batch_size).prefetch(tf.data.AUTOTUNE))
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate))
     callbacks = [
         keras.callbacks.ModelCheckpoint(os.path.join(args.out, "checkpoint.keras")),
@@ -179,20 +173,13 @@ def command_predict(args):
 
 
 def command_visualize_targets(args):
-    import tensorflow as tf
-
     import rpn_tf
-    from rpn_tf.visualize import BLUE, GREEN, RED, draw_boxes, write_png
+    from rpn_tf.visualize import target_picture, write_png
 
     element = next(iter(load_dataset(args).skip(args.index)))
-    image = element["image"].numpy()
     anchors = rpn_tf.AnchorConfig(stride=args.stride, scales=tuple(args.scales), ratios=tuple(args.ratios))
-    encoder = rpn_tf.RpnTargetEncoder(image.shape[:2], anchors, seed=0, max_boxes=max(len(element["boxes"]), 1))
-    _, targets = encoder(tf.convert_to_tensor(image), element["boxes"])
-    labels = targets["rpn_labels"].numpy()
-    boxes = encoder.anchors.numpy()
-    write_png(args.output, draw_boxes(image, [(element["boxes"].numpy(), GREEN), (boxes[labels == 1], RED),
-                                              (boxes[labels == 0], BLUE)]))
+    png, _, labels = target_picture(element["image"].numpy(), element["boxes"].numpy(), anchors)
+    write_png(args.output, png)
     print(f"{(labels == 1).sum()} positive (red) and {(labels == 0).sum()} negative (blue) anchors of "
           f"{len(labels)}; GT green -> {args.output}")
     return 0

@@ -22,22 +22,17 @@ import tensorflow as tf  # noqa: E402
 import rpn_tf  # noqa: E402
 from rpn_tf.data import deepforest  # noqa: E402
 from rpn_tf.train_deepforest import TREE_ANCHORS, padded, train  # noqa: E402
-from rpn_tf.visualize import BLUE, GREEN, RED, draw_boxes, write_png  # noqa: E402
+from rpn_tf.visualize import GREEN, RED, draw_boxes, target_picture, write_png  # noqa: E402
 
 
 def show_targets(image, annotation, out_dir):
-    encoder = rpn_tf.RpnTargetEncoder(image.shape[:2], TREE_ANCHORS, seed=0)
-    _, targets = next(iter(tf.data.Dataset.from_tensors((image, annotation.boxes)).map(encoder)))
-    before = encoder.label_anchors(annotation.boxes)[0].numpy()
-    labels = targets["rpn_labels"].numpy()
-    anchors = encoder.anchors.numpy()
+    png, before, labels = target_picture(image, annotation.boxes, TREE_ANCHORS, max_negatives=20)
     print(f"image {deepforest.EVAL_IMAGE}: {image.shape[1]}x{image.shape[0]} px, {len(annotation.boxes)} trees, "
-          f"{encoder.num_anchors} anchors")
+          f"{len(labels)} anchors")
     print(f"labels before sampling: {(before == 1).sum()} positive, {(before == 0).sum()} negative, "
           f"{(before == -1).sum()} ignored; sampled: {(labels == 1).sum()} positive, {(labels == 0).sum()} negative")
     path = os.path.join(out_dir, "rpn_targets.png")
-    write_png(path, draw_boxes(image, [(annotation.boxes, GREEN), (anchors[labels == 1], RED),
-                                       (anchors[labels == 0][:20], BLUE)]))
+    write_png(path, png)
     print(f"wrote {path}")
 
 

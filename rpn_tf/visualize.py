@@ -32,3 +32,28 @@ def draw_boxes(image, box_sets):
 def write_png(path, png_bytes):
     with open(path, "wb") as file:
         file.write(png_bytes)
+
+
+def target_picture(image, gt_boxes, anchor_config, max_negatives=None, seed=0):
+    """The article's picture: GT boxes (green), sampled positive anchors (red), sampled negatives (blue).
+
+    Args:
+      image: uint8 ``[H, W, 3]``; gt_boxes: ``[n, 4]`` yxyx pixels of that image (anchors at its size).
+      anchor_config: the ``AnchorConfig`` to label.
+      max_negatives: draw at most this many negatives (all when ``None``).
+
+    Returns:
+      ``(png_bytes, labels_before_sampling [A], sampled_labels [A])``.
+    """
+    from rpn_tf.targets import RpnTargetEncoder
+
+    image = np.asarray(image)
+    gt_boxes = np.asarray(gt_boxes, np.float32).reshape(-1, 4)
+    encoder = RpnTargetEncoder(image.shape[:2], anchor_config, seed=seed, max_boxes=max(len(gt_boxes), 1))
+    _, targets = encoder(tf.convert_to_tensor(image), gt_boxes)
+    before = encoder.label_anchors(gt_boxes)[0].numpy()
+    labels = targets["rpn_labels"].numpy()
+    anchors = encoder.anchors.numpy()
+    negatives = anchors[labels == 0][:max_negatives]
+    png = draw_boxes(image, [(gt_boxes, GREEN), (anchors[labels == 1], RED), (negatives, BLUE)])
+    return png, before, labels
