@@ -1,7 +1,10 @@
-"""Frozen configuration dataclasses holding the article's defaults.
+"""Frozen configuration dataclasses, one per pipeline stage, holding the article's defaults.
 
-Every default is a named field so users can see and override it; the values follow the reference article
-(Faster R-CNN's RPN on an 800×800 VGG16 feature map). See ``docs/conventions.md`` for the conventions.
+``AnchorConfig`` / ``MultiLevelAnchorConfig`` (anchors), ``TargetConfig`` (labeling, sampling, GT input format),
+``ProposalConfig`` (decode → NMS → top-k) and ``RoiSamplerConfig`` (second-stage ROI sampling). Every default is a
+named field so users can see and override it; the values follow the reference article (Faster R-CNN's RPN on an
+800×800 VGG16 feature map). Each config validates its fields once, in ``__post_init__``; the classes that use them
+do not check again. See ``docs/conventions.md`` for the conventions.
 """
 
 from __future__ import annotations
@@ -10,13 +13,16 @@ import dataclasses
 import math
 from typing import Sequence, Tuple, Union
 
+from rpn_tf.ops.box_coder import BBOX_XFORM_CLIP, BoxCoder  # noqa: F401  (BBOX_XFORM_CLIP re-exported)
+
+BOX_FORMATS = ("yxyx", "xyxy", "xywh")
+NMS_IMPLEMENTATIONS = ("auto", "padded", "combined")
+
 # Shared defaults (the article's values), named once so every stage refers to the same number.
 DEFAULT_IMAGE_SIZE = (800, 800)
 DEFAULT_STRIDE = 16
 DEFAULT_SCALES = (8.0, 16.0, 32.0)
 DEFAULT_RATIOS = (0.5, 1.0, 2.0)
-# Largest log-scale change allowed when decoding dh/dw, as in the paper's code and torchvision.
-BBOX_XFORM_CLIP = math.log(1000.0 / 16.0)
 
 
 def _as_float_tuple(name: str, values) -> Tuple[float, ...]:
@@ -29,6 +35,33 @@ def _as_float_tuple(name: str, values) -> Tuple[float, ...]:
     if any(not math.isfinite(v) or v <= 0 for v in result):
         raise ValueError(f"{name} must hold finite positive numbers, got {values!r}")
     return result
+
+
+def _positive_int(owner: str, name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value <= 0:
+        raise ValueError(f"{owner}.{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _fraction(owner: str, name: str, value, low_open=False) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (
+            (0.0 < value if low_open else 0.0 <= value) and value <= 1.0):
+        raise ValueError(f"{owner}.{name} must be in {'(0' if low_open else '[0'}, 1], got {value!r}")
+    return float(value)
+
+
+def _seed(owner: str, value):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"{owner}.seed must be None or an int, got {value!r}")
+    return value
+
+
+def _box_coder(owner: str, value) -> BoxCoder:
+    if isinstance(value, BoxCoder):
+        return value
+    if isinstance(value, dict):  # from a serialized config
+        return BoxCoder(**value)
+    raise TypeError(f"{owner}.box_coder must be a BoxCoder, got {type(value).__name__}")
 
 
 def validate_image_size(image_size) -> Tuple[int, int]:
@@ -118,3 +151,171 @@ def as_anchor_config(anchor_config) -> AnyAnchorConfig:
         "anchor_config must be an AnchorConfig, a MultiLevelAnchorConfig or a sequence of AnchorConfig, "
         f"got {type(anchor_config).__name__}"
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetConfig:
+    """How GT boxes become RPN training targets (the article's rules and sampling) and how GT arrives.
+
+    Attributes:
+      positive_iou: an anchor with max IoU ≥ this is positive (0.7).
+      negative_iou: an anchor with max IoU < this is negative (0.3).
+      allowed_border: anchors crossing the image border by more than this many pixels are ignored (0);
+        a negative value keeps all anchors.
+      samples_per_image: anchors sampled per image for the loss (256).
+      positive_fraction: largest share of positives in the sample (0.5).
+      box_coder: the ``BoxCoder`` of the regression targets (weights 1, 1, 1, 1, as in the article); the model
+        decodes its predictions with the same one.
+      box_format: format of the GT boxes given to the encoder: ``"yxyx"``, ``"xyxy"`` or ``"xywh"``.
+      normalized_boxes: whether those boxes are in ``[0, 1]`` units of the image height / width.
+      max_boxes: GT boxes are padded to this count in the encoder's output (more raises an error).
+      seed: ``None`` for fresh random samples on every call; an int makes the sample a deterministic function of
+        ``(seed, padded GT boxes)``, so every pass over a dataset gives identical targets.
+      validate: check GT boxes for NaN/Inf and inverted boxes (``InvalidArgumentError`` naming the problem).
+    """
+
+    positive_iou: float = 0.7
+    negative_iou: float = 0.3
+    allowed_border: float = 0.0
+    samples_per_image: int = 256
+    positive_fraction: float = 0.5
+    box_coder: BoxCoder = BoxCoder()
+    box_format: str = "yxyx"
+    normalized_boxes: bool = False
+    max_boxes: int = 100
+    seed: Union[int, None] = None
+    validate: bool = True
+
+    def __post_init__(self):
+        owner = "TargetConfig"
+        negative_iou = _fraction(owner, "negative_iou", self.negative_iou)
+        positive_iou = _fraction(owner, "positive_iou", self.positive_iou)
+        if negative_iou > positive_iou:
+            raise ValueError(f"TargetConfig needs negative_iou <= positive_iou, got negative_iou={negative_iou}, "
+                             f"positive_iou={positive_iou}")
+        if not isinstance(self.allowed_border, (int, float)) or not math.isfinite(self.allowed_border):
+            raise ValueError(f"TargetConfig.allowed_border must be a finite number, got {self.allowed_border!r}")
+        if self.box_format not in BOX_FORMATS:
+            raise ValueError(f"TargetConfig.box_format must be one of {BOX_FORMATS}, got {self.box_format!r}")
+        for name, value in (("positive_iou", positive_iou), ("negative_iou", negative_iou),
+                            ("allowed_border", float(self.allowed_border)),
+                            ("samples_per_image", _positive_int(owner, "samples_per_image", self.samples_per_image)),
+                            ("positive_fraction", _fraction(owner, "positive_fraction", self.positive_fraction)),
+                            ("box_coder", _box_coder(owner, self.box_coder)),
+                            ("normalized_boxes", bool(self.normalized_boxes)),
+                            ("max_boxes", _positive_int(owner, "max_boxes", self.max_boxes)),
+                            ("seed", _seed(owner, self.seed)), ("validate", bool(self.validate))):
+            object.__setattr__(self, name, value)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProposalConfig:
+    """Proposal generation settings; the defaults are the article's (train) and the paper's code (test).
+
+    Attributes:
+      pre_nms_top_k_train / pre_nms_top_k_test: boxes kept by score before NMS (12 000 / 6 000).
+      post_nms_top_k_train / post_nms_top_k_test: proposals kept after NMS (2 000 / 300).
+      nms_iou: NMS IoU threshold (0.7).
+      min_size: boxes with height or width below this many input pixels are dropped (16).
+      nms: ``"padded"`` (rpn-tf's pure-TensorFlow NMS: compiles under XLA, where it is the faster one),
+        ``"combined"`` (``tf.image.combined_non_max_suppression``: no XLA kernel, faster without XLA on CPU) or
+        ``"auto"`` (default): ``RPNModel`` uses ``"padded"`` when its steps are XLA-compiled
+        (``model.jit_compile``) and ``"combined"`` otherwise; a direct ``generate_proposals`` call uses
+        ``"combined"``. Both compute the same greedy NMS; timings in ``docs/performance.md``.
+    """
+
+    pre_nms_top_k_train: int = 12000
+    post_nms_top_k_train: int = 2000
+    pre_nms_top_k_test: int = 6000
+    post_nms_top_k_test: int = 300
+    nms_iou: float = 0.7
+    min_size: float = 16.0
+    nms: str = "auto"
+
+    def __post_init__(self):
+        for name in ("pre_nms_top_k_train", "post_nms_top_k_train", "pre_nms_top_k_test", "post_nms_top_k_test"):
+            object.__setattr__(self, name, _positive_int("ProposalConfig", name, getattr(self, name)))
+        object.__setattr__(self, "nms_iou", _fraction("ProposalConfig", "nms_iou", self.nms_iou, low_open=True))
+        if not isinstance(self.min_size, (int, float)) or not 0 <= self.min_size < math.inf:
+            raise ValueError(f"ProposalConfig.min_size must be a finite number >= 0, got {self.min_size!r}")
+        if self.nms not in NMS_IMPLEMENTATIONS:
+            raise ValueError(f"ProposalConfig.nms must be one of {NMS_IMPLEMENTATIONS}, got {self.nms!r}")
+
+    def top_k(self, training: bool):
+        """``(pre_nms_top_k, post_nms_top_k)`` for training or test."""
+        if training:
+            return self.pre_nms_top_k_train, self.post_nms_top_k_train
+        return self.pre_nms_top_k_test, self.post_nms_top_k_test
+
+
+@dataclasses.dataclass(frozen=True)
+class RoiSamplerConfig:
+    """Second-stage (Fast R-CNN) ROI sampling: the article's 128 ROIs at up to 25 % positives.
+
+    Attributes:
+      num_samples: ROIs per image (128).
+      positive_fraction: largest share of positives (0.25).
+      positive_iou: a candidate with max IoU ≥ this is positive (0.5).
+      negative_iou_range: ``[low, high)`` max-IoU range of background candidates ((0.0, 0.5)).
+      append_gt_boxes: add the GT boxes to the candidates (True), as Faster R-CNN does.
+      box_coder: ``BoxCoder`` of the ROI regression targets (weights 10, 10, 5, 5).
+      seed: ``None`` (fresh samples each call) or an int (a function of the seed and the GT boxes).
+    """
+
+    num_samples: int = 128
+    positive_fraction: float = 0.25
+    positive_iou: float = 0.5
+    negative_iou_range: Tuple[float, float] = (0.0, 0.5)
+    append_gt_boxes: bool = True
+    box_coder: BoxCoder = BoxCoder((10.0, 10.0, 5.0, 5.0))
+    seed: Union[int, None] = None
+
+    def __post_init__(self):
+        owner = "RoiSamplerConfig"
+        try:
+            low, high = (float(v) for v in self.negative_iou_range)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{owner}.negative_iou_range must be (low, high), got {self.negative_iou_range!r}") \
+                from error
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(f"{owner}.negative_iou_range must satisfy 0 <= low <= high <= 1, got {(low, high)}")
+        for name, value in (("num_samples", _positive_int(owner, "num_samples", self.num_samples)),
+                            ("positive_fraction", _fraction(owner, "positive_fraction", self.positive_fraction)),
+                            ("positive_iou", _fraction(owner, "positive_iou", self.positive_iou, low_open=True)),
+                            ("negative_iou_range", (low, high)), ("append_gt_boxes", bool(self.append_gt_boxes)),
+                            ("box_coder", _box_coder(owner, self.box_coder)), ("seed", _seed(owner, self.seed))):
+            object.__setattr__(self, name, value)
+
+
+def config_from_kwargs(config_class, config=None, kwargs=None):
+    """A ``config_class`` instance from an instance (or a dict of fields) plus keyword overrides.
+
+    ``delta_weights=(wy, wx, wh, ww)`` is accepted as a shorthand for ``box_coder=BoxCoder(weights)``.
+    Unknown keywords raise ``TypeError`` naming them and the valid fields.
+    """
+    kwargs = dict(kwargs or {})
+    if "delta_weights" in kwargs:
+        kwargs["box_coder"] = BoxCoder(tuple(kwargs.pop("delta_weights")))
+    if isinstance(config, dict):
+        config = config_class(**config)
+    fields = {field.name for field in dataclasses.fields(config_class)}
+    unknown = sorted(set(kwargs) - fields)
+    if unknown:
+        raise TypeError(f"unknown {config_class.__name__} fields {unknown}; valid: {sorted(fields)} "
+                        "(and delta_weights)")
+    if config is None:
+        return config_class(**kwargs)
+    if not isinstance(config, config_class):
+        raise TypeError(f"expected a {config_class.__name__}, got {type(config).__name__}")
+    return dataclasses.replace(config, **kwargs) if kwargs else config
+
+
+def config_to_dict(config) -> dict:
+    """A JSON-ready dict of a config dataclass (nested ``BoxCoder`` → dict, tuples → lists)."""
+    def plain(value):
+        if dataclasses.is_dataclass(value):
+            return {field.name: plain(getattr(value, field.name)) for field in dataclasses.fields(value)}
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        return value
+    return plain(config)

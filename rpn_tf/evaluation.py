@@ -6,8 +6,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from rpn_tf.metrics import ProposalRecall
-from rpn_tf.proposals import generate_proposals
+from rpn_tf.modeling.metrics import ProposalRecall
 
 
 def evaluate_recall(model, dataset, top_ns=(100, 300, 1000), batch_size=4):
@@ -19,10 +18,13 @@ def evaluate_recall(model, dataset, top_ns=(100, 300, 1000), batch_size=4):
     config = dataclasses.replace(model.proposal_config, post_nms_top_k_test=max(top_ns))
     metrics = [ProposalRecall(top_n=n) for n in top_ns]
     encoded = dataset.map(model.target_encoder, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+
+    @tf.function
+    def propose(images):
+        return model.propose(model(images, training=False), training=False, proposal_config=config)
+
     for images, targets in encoded:
-        outputs = model(images, training=False)
-        proposals = generate_proposals(model.anchors, outputs["objectness_logits"], outputs["box_deltas"],
-                                       model.image_size, config)
+        proposals = propose(images)
         for metric in metrics:
             metric.update_state(targets["gt_boxes"], proposals["boxes"], proposals["num_proposals"])
     results = {}

@@ -11,3 +11,14 @@ import tensorflow as tf  # noqa: E402
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+
+import pytest  # noqa: E402
+
+import rpn_tf  # noqa: E402
+from helpers import IMAGE_SIZE  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    """The article's encoder at 800×800, seeded."""
+    return rpn_tf.RpnTargetEncoder(IMAGE_SIZE, seed=7)

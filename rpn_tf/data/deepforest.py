@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from typing import List, Optional
 
 import numpy as np
 import tensorflow as tf
 
+from rpn_tf.data.records import check_boxes, file_dataset
 from rpn_tf.data.voc import VocAnnotation, read_voc_xml
 
 DEEPFOREST_INSTALL_HINT = "pip install --no-deps deepforest==2.1.0"
@@ -49,3 +51,15 @@ def load_deepforest_image(name: str, data_dir: str | None = None):
     if image.shape[:2] != annotation.image_size:
         raise ValueError(f"{png_path} is {image.shape[:2]} but {xml_path} says {annotation.image_size}")
     return np.ascontiguousarray(image), annotation
+
+
+def from_deepforest(names: Optional[List[str]] = None, num_parallel_calls=tf.data.AUTOTUNE):
+    """The deepforest images (VOC XML beside PNGs) as an element dataset (class 1 = tree)."""
+    data_dir = deepforest_data_dir()
+    names = names or list(TRAIN_IMAGES)
+    records = []
+    for name in names:
+        annotation = read_voc_xml(os.path.join(data_dir, name + ".xml"))
+        check_boxes(annotation.boxes, annotation.image_size, name)
+        records.append((os.path.join(data_dir, name + ".png"), annotation.boxes, [1] * len(annotation.boxes)))
+    return file_dataset(records, num_parallel_calls)

@@ -1,4 +1,4 @@
-"""Pascal VOC XML annotations → yxyx pixel boxes.
+"""Pascal VOC: XML annotations → yxyx pixel boxes, and VOC-layout folders → rpn-tf elements.
 
 VOC stores ``xmin, ymin, xmax, ymax`` (1-based pixel indices in the original VOC devkit). rpn-tf reads the
 numbers as they are, as continuous pixel coordinates with no +1 (see docs/conventions.md).
@@ -7,10 +7,15 @@ numbers as they are, as continuous pixel coordinates with no +1 (see docs/conven
 from __future__ import annotations
 
 import dataclasses
+import glob
+import os
 import xml.etree.ElementTree as ElementTree
-from typing import Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
+import tensorflow as tf
+
+from rpn_tf.data.records import SkipReport, check_boxes, check_on_error, file_dataset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,3 +67,49 @@ def read_voc_xml(path) -> VocAnnotation:
     filename = root.findtext("filename") or ""
     return VocAnnotation(filename, image_size, np.asarray(boxes, np.float32).reshape(-1, 4), tuple(names),
                          np.asarray(difficult, bool))
+
+
+def from_voc(root, class_names: Optional[Sequence[str]] = None, include_difficult=False, on_error="raise",
+             num_parallel_calls=tf.data.AUTOTUNE):
+    """A VOC-layout folder (``Annotations/*.xml`` + ``JPEGImages/``) → ``(dataset, SkipReport, class_names)``.
+
+    ``difficult`` objects are excluded by default, as in VOC practice (they are not scored in VOC evaluation and
+    detectron2's VOC loader drops them); ``include_difficult=True`` keeps them. Class ids are 1 + the index in
+    ``class_names`` (default: the sorted names found). An object of an unknown class is an error."""
+    check_on_error(on_error)
+    xml_files = sorted(glob.glob(os.path.join(root, "Annotations", "*.xml")))
+    if not xml_files:
+        raise FileNotFoundError(f"no Annotations/*.xml under {root}")
+    report = SkipReport()
+    annotations = []
+    for path in xml_files:
+        try:
+            annotations.append((path, read_voc_xml(path)))
+        except ValueError as error:
+            if on_error == "raise":
+                raise
+            report.skipped[path] = str(error)
+    if class_names is None:
+        class_names = sorted({name for _, annotation in annotations for name in annotation.names})
+    class_ids = {name: index + 1 for index, name in enumerate(class_names)}
+    records = []
+    for path, annotation in annotations:
+        try:
+            image_name = annotation.filename or os.path.splitext(os.path.basename(path))[0] + ".jpg"
+            image_path = os.path.join(root, "JPEGImages", image_name)
+            if not os.path.exists(image_path):
+                raise ValueError(f"{path}: image {image_path} not found")
+            keep = np.ones(len(annotation.boxes), bool) if include_difficult else ~annotation.difficult
+            report.excluded_boxes["difficult"] += int(np.sum(~keep))
+            unknown = sorted({n for n, k in zip(annotation.names, keep) if k and n not in class_ids})
+            if unknown:
+                raise ValueError(f"{path}: unknown class names {unknown}")
+            check_boxes(annotation.boxes[keep], annotation.image_size, path)
+            records.append((image_path, annotation.boxes[keep],
+                            [class_ids[n] for n, k in zip(annotation.names, keep) if k]))
+        except ValueError as error:
+            if on_error == "raise":
+                raise
+            report.skipped[path] = str(error)
+    report.log(root)
+    return file_dataset(records, num_parallel_calls), report, list(class_names)

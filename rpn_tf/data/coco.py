@@ -1,0 +1,59 @@
+"""COCO instances JSON → rpn-tf elements."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+
+import tensorflow as tf
+
+from rpn_tf.data.records import SkipReport, check_boxes, check_on_error, file_dataset
+
+
+def from_coco(annotation_file, image_dir, on_error="raise", num_parallel_calls=tf.data.AUTOTUNE):
+    """COCO instances JSON (``bbox`` is ``[x, y, w, h]``) → ``(dataset, SkipReport)``.
+
+    ``iscrowd`` boxes are excluded (they mark crowds, not instances; as in COCO training practice they are neither
+    positives nor counted) and counted in the report. Images without annotations are kept (all-background)."""
+    check_on_error(on_error)
+    try:
+        with open(annotation_file) as file:
+            coco = json.load(file)
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{annotation_file}: cannot read COCO JSON: {error}") from error
+    for key in ("images", "annotations"):
+        if key not in coco:
+            raise ValueError(f"{annotation_file}: missing '{key}'")
+    report = SkipReport()
+    by_image = collections.defaultdict(list)
+    for annotation in coco["annotations"]:
+        by_image[annotation.get("image_id")].append(annotation)
+    records = []
+    for image in coco["images"]:
+        name = f"{annotation_file}: image {image.get('id')} ({image.get('file_name')})"
+        try:
+            for key in ("id", "file_name", "height", "width"):
+                if key not in image:
+                    raise ValueError(f"{name}: missing '{key}'")
+            path = os.path.join(image_dir, image["file_name"])
+            if not os.path.exists(path):
+                raise ValueError(f"{name}: image file {path} not found")
+            boxes, classes = [], []
+            for annotation in by_image.get(image["id"], []):
+                if annotation.get("iscrowd", 0):
+                    report.excluded_boxes["iscrowd"] += 1
+                    continue
+                if "bbox" not in annotation or "category_id" not in annotation:
+                    raise ValueError(f"{name}: annotation {annotation.get('id')} lacks 'bbox' or 'category_id'")
+                x, y, w, h = annotation["bbox"]
+                boxes.append([y, x, y + h, x + w])
+                classes.append(int(annotation["category_id"]))
+            check_boxes(boxes, (image["height"], image["width"]), name)
+            records.append((path, boxes, classes))
+        except ValueError as error:
+            if on_error == "raise":
+                raise
+            report.skipped[name] = str(error)
+    report.log(annotation_file)
+    return file_dataset(records, num_parallel_calls), report

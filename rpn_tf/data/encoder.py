@@ -1,0 +1,152 @@
+"""The RPN target encoder: a ``tf.data`` transform from ``(image, gt_boxes)`` to RPN training targets.
+
+Shape shorthand: B images, A anchors, G ground-truth boxes, M = ``max_boxes`` (the padded GT count),
+H × W the network input size.
+
+The encoder only handles the input side — element parsing, box formats, validation, resizing and padding; the
+target math (matching, sampling, deltas) is ``rpn_tf.ops.targets.RpnTargetAssigner``.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from rpn_tf.config import DEFAULT_IMAGE_SIZE, AnchorConfig, TargetConfig, as_anchor_config, config_from_kwargs, \
+    validate_image_size
+from rpn_tf.data.gt_boxes import classes_for, pad_boxes, to_yxyx_pixels, validate_gt_boxes
+from rpn_tf.data.resize import prepare_image, resize_image
+from rpn_tf.ops.anchors import generate_anchors
+from rpn_tf.ops.sampling import content_seeds
+from rpn_tf.ops.targets import RpnTargetAssigner
+
+
+class RpnTargetEncoder:
+    """Computes RPN targets (anchor labels and box deltas) from ground-truth boxes, in pure TensorFlow.
+
+    Use it as ``dataset.map(encoder)``; it also works eagerly, under ``tf.function`` and with
+    ``jit_compile=True`` (``encode`` / ``label_anchors``), with identical outputs.
+
+    Args:
+      image_size: ``(height, width)`` the network sees; ``__call__`` resizes images (and scales boxes) to it.
+      anchor_config: ``AnchorConfig`` (article defaults), ``MultiLevelAnchorConfig`` or a sequence of levels.
+      config: a ``TargetConfig`` (or a dict of its fields); default ``TargetConfig()``, the article's rules.
+      **overrides: ``TargetConfig`` fields (``positive_iou=0.7``, ``negative_iou=0.3``, ``allowed_border=0``,
+        ``samples_per_image=256``, ``positive_fraction=0.5``, ``box_format="yxyx"``, ``normalized_boxes=False``,
+        ``max_boxes=100``, ``seed=None``, ``validate=True``, ``box_coder``), and ``delta_weights=(wy, wx, wh, ww)``
+        as a shorthand for ``box_coder=BoxCoder(delta_weights)``.
+    """
+
+    def __init__(self, image_size=DEFAULT_IMAGE_SIZE, anchor_config=None, config=None, **overrides):
+        self.image_size = validate_image_size(image_size)
+        self.anchor_config = as_anchor_config(anchor_config if anchor_config is not None else AnchorConfig())
+        self.config: TargetConfig = config_from_kwargs(TargetConfig, config, overrides)
+        self._anchors = generate_anchors(self.image_size, self.anchor_config)
+        self.assigner = RpnTargetAssigner(self._anchors.numpy(), self.image_size, self.config)
+
+    @property
+    def anchors(self) -> tf.Tensor:
+        """float32 ``Tensor[A, 4]`` yxyx anchors, in the order of every per-anchor output."""
+        return self._anchors
+
+    @property
+    def num_anchors(self) -> int:
+        return int(self._anchors.shape[0])
+
+    @property
+    def box_coder(self):
+        """The ``BoxCoder`` of the targets (decode predictions with the same one)."""
+        return self.config.box_coder
+
+    def _batched(self, gt_boxes, image_size=None):
+        """Converts to yxyx pixels, validates, and returns ``([B, G, 4] boxes, batch axis added?)``."""
+        gt_boxes = to_yxyx_pixels(gt_boxes, self.config.box_format, self.config.normalized_boxes,
+                                  self.image_size if image_size is None else image_size)
+        if self.config.validate:
+            gt_boxes = validate_gt_boxes(gt_boxes)
+        if gt_boxes.shape.rank == 2:
+            return gt_boxes[None], True
+        return gt_boxes, False
+
+    def label_anchors(self, gt_boxes):
+        """Labels before sampling.
+
+        Args:
+          gt_boxes: ``Tensor[G, 4]`` or ``Tensor[B, G, 4]`` in ``box_format``, in network-input pixels.
+
+        Returns:
+          ``(labels, matched_gt_index)``, int32 ``Tensor[A]`` (or ``[B, A]``): labels in {1, 0, -1};
+          ``matched_gt_index`` the GT row each anchor is matched to (-1 for outside anchors or no valid GT).
+        """
+        boxes, added_batch = self._batched(gt_boxes)
+        labels, matched_gt_index, _ = self.assigner.matcher(boxes)
+        if added_batch:
+            return labels[0], matched_gt_index[0]
+        return labels, matched_gt_index
+
+    def encode(self, gt_boxes, seeds=None):
+        """RPN targets after balanced sampling.
+
+        Args:
+          gt_boxes: ``Tensor[G, 4]`` or ``Tensor[B, G, 4]`` in ``box_format``, network-input pixels
+            (padding rows of -1 are ignored).
+          seeds: optional int ``Tensor[B, 2]`` (or ``[2]`` for unbatched input) of stateless seeds overriding
+            the encoder's own seeding.
+
+        Returns:
+          dict with ``rpn_labels`` int32 ``Tensor[A]`` / ``[B, A]`` in {1, 0, -1} (sampled) and ``rpn_deltas``
+          float32 ``Tensor[A, 4]`` / ``[B, A, 4]``: each anchor's deltas to its matched GT box, zeros where
+          there is none.
+        """
+        boxes, added_batch = self._batched(gt_boxes)
+        targets = self.assigner(boxes, seeds)
+        if added_batch:
+            return {name: value[0] for name, value in targets.items()}
+        return targets
+
+    def __call__(self, image, gt_boxes=None):
+        """The ``dataset.map`` transform.
+
+        Args:
+          image: ``Tensor[H0, W0, 3]`` (or ``[H0, W0, 1]``) of any numeric dtype, or a dict with ``image``,
+            ``boxes`` (``[G, 4]`` in ``box_format``) and optionally ``classes`` (``[G]`` ints).
+          gt_boxes: ``Tensor[G, 4]`` in ``box_format`` in the original image's coordinates (tuple input).
+
+        Returns:
+          ``(image, targets)``: the image resized (bilinear) to ``image_size``, in its input dtype (uint8 stays
+          uint8, values rounded) and a dict with ``rpn_labels`` ``[A]``, ``rpn_deltas`` ``[A, 4]``, ``gt_boxes``
+          ``[M, 4]`` yxyx network pixels padded with -1, ``gt_classes`` ``[M]`` padded with -1 (1 when the input
+          has no classes) and ``num_boxes`` (scalar int32). Every shape is static, so ``.batch(B)`` works.
+        """
+        image, gt_boxes, gt_classes = _parse_element(image, gt_boxes)
+        image = prepare_image(image)
+        original_size = tf.shape(image)[:2]
+        image, scale = resize_image(image, self.image_size)
+        boxes, added_batch = self._batched(gt_boxes, image_size=original_size)
+        if not added_batch:
+            raise ValueError(f"gt_boxes of one example must be [G, 4], got shape {boxes.shape}")
+        boxes = boxes[0]
+        gt_classes = classes_for(boxes, gt_classes)
+        boxes = boxes * tf.concat([scale, scale], axis=0)
+        padded_boxes, padded_classes, num_boxes = pad_boxes(boxes, gt_classes, self.config.max_boxes)
+        # Labels come from the unpadded boxes (padding rows change nothing but cost time); the seed comes from
+        # the padded ones, so that encoding a batch of padded GT later (e.g. on the accelerator) gives the same
+        # sample.
+        seeds = None if self.config.seed is None else content_seeds(self.config.seed, padded_boxes[None])
+        targets = {name: value[0] for name, value in self.assigner(boxes[None], seeds).items()}
+        targets.update(gt_boxes=padded_boxes, gt_classes=padded_classes, num_boxes=num_boxes)
+        return image, targets
+
+
+def _parse_element(image, gt_boxes):
+    """``(image, gt_boxes, gt_classes or None)`` from a dict element or an ``(image, gt_boxes)`` pair."""
+    if isinstance(image, dict):
+        if gt_boxes is not None:
+            raise ValueError("pass either a dict with 'image' and 'boxes' or (image, gt_boxes), not both")
+        missing = [key for key in ("image", "boxes") if key not in image]
+        if missing:
+            raise KeyError(f"the input dict lacks {missing}; it needs 'image' and 'boxes' "
+                           f"(and optionally 'classes'), got keys {sorted(image)}")
+        return image["image"], image["boxes"], image.get("classes")
+    if gt_boxes is None:
+        raise ValueError("RpnTargetEncoder needs (image, gt_boxes) or a dict with 'image' and 'boxes'")
+    return image, gt_boxes, None

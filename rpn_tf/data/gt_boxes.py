@@ -1,0 +1,79 @@
+"""Ground-truth boxes at the input edge: format conversion to yxyx pixels, validation and padding.
+
+Shape shorthand: G GT boxes of one image, B images, M = ``max_boxes`` (the padded count).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from rpn_tf.ops import box_ops
+
+GT_PADDING_VALUE = -1.0
+CLASS_PADDING_VALUE = -1
+DEFAULT_CLASS = 1  # class given to boxes of inputs that carry no classes (class-agnostic "object")
+
+
+def validate_gt_boxes(gt_boxes, name="gt_boxes"):
+    """Raises ``InvalidArgumentError`` (via ``tf.debugging``) if yxyx ``gt_boxes`` hold non-finite values or
+    inverted boxes (y2 < y1 or x2 < x1). Padding rows of -1 and zero-area boxes pass. Returns ``gt_boxes``."""
+    gt_boxes = tf.debugging.assert_all_finite(
+        gt_boxes, f"{name} contain NaN or Inf coordinates; boxes must be finite [y1, x1, y2, x2] pixels")
+    inverted = (gt_boxes[..., 2] < gt_boxes[..., 0]) | (gt_boxes[..., 3] < gt_boxes[..., 1])
+    check = tf.debugging.Assert(
+        tf.logical_not(tf.reduce_any(inverted)),
+        [f"{name} contain inverted boxes (y2 < y1 or x2 < x1); boxes must be [y1, x1, y2, x2] with y1 <= y2 "
+         "and x1 <= x2 (check box_format). First inverted box:",
+         tf.boolean_mask(tf.reshape(gt_boxes, [-1, 4]), tf.reshape(inverted, [-1]))[:1]],
+        name="assert_gt_boxes_not_inverted")
+    with tf.control_dependencies([check]):
+        return tf.identity(gt_boxes)
+
+
+def to_yxyx_pixels(gt_boxes, box_format, normalized, image_size):
+    """``[G, 4]`` / ``[B, G, 4]`` boxes in ``box_format`` (normalized or not) → float32 yxyx pixels.
+
+    ``image_size``: ``(height, width)`` or ``Tensor[2]`` of the image the boxes belong to (for normalized boxes).
+    Padding rows (all -1) stay padding whatever the format (xywh's -1 rows would read as inverted boxes).
+    """
+    gt_boxes = tf.cast(gt_boxes, tf.float32)
+    if gt_boxes.shape.rank is not None and gt_boxes.shape.rank not in (2, 3):
+        raise ValueError(f"gt_boxes must be [G, 4] or [B, G, 4], got shape {gt_boxes.shape}")
+    if gt_boxes.shape[-1] is not None and gt_boxes.shape[-1] != 4:
+        raise ValueError(f"gt_boxes must have 4 coordinates in the last axis, got shape {gt_boxes.shape}")
+    if box_format == "yxyx" and not normalized:
+        return gt_boxes
+    converted = box_ops.convert_boxes(gt_boxes, box_format, "yxyx", image_size=image_size,
+                                      source_normalized=normalized)
+    padding = tf.reduce_all(gt_boxes == GT_PADDING_VALUE, axis=-1, keepdims=True)
+    return tf.where(padding, GT_PADDING_VALUE, converted)
+
+
+def pad_boxes(gt_boxes, gt_classes, max_boxes: int):
+    """Pads ``[G, 4]`` boxes with -1 rows and ``[G]`` classes with -1 to ``max_boxes``.
+
+    Raises ``InvalidArgumentError`` if ``G > max_boxes``: no box is ever dropped silently.
+
+    Returns:
+      ``(boxes [M, 4] float32, classes [M] int32, num_boxes int32 scalar)``.
+    """
+    num_boxes = tf.shape(gt_boxes)[0]
+    check = tf.debugging.assert_less_equal(
+        num_boxes, max_boxes,
+        message=f"an example has more GT boxes than max_boxes={max_boxes}; raise max_boxes so none is dropped")
+    with tf.control_dependencies([check]):
+        padding = max_boxes - num_boxes
+    boxes = tf.pad(gt_boxes, [[0, padding], [0, 0]], constant_values=GT_PADDING_VALUE)
+    classes = tf.pad(gt_classes, [[0, padding]], constant_values=CLASS_PADDING_VALUE)
+    return tf.ensure_shape(boxes, [max_boxes, 4]), tf.ensure_shape(classes, [max_boxes]), num_boxes
+
+
+def classes_for(gt_boxes, gt_classes=None):
+    """int32 ``[G]`` classes for ``[G, 4]`` boxes: ``gt_classes`` checked for length, or ``DEFAULT_CLASS``."""
+    if gt_classes is None:
+        return tf.fill(tf.shape(gt_boxes)[:1], DEFAULT_CLASS)
+    gt_classes = tf.cast(gt_classes, tf.int32)
+    check = tf.debugging.assert_equal(tf.shape(gt_classes), tf.shape(gt_boxes)[:1],
+                                      message="'classes' and 'boxes' have different lengths")
+    with tf.control_dependencies([check]):
+        return tf.identity(gt_classes)

@@ -1,0 +1,87 @@
+"""Shared pieces of the input adapters: the element format, box checks, lazy image decoding and the skip report.
+
+Every adapter yields the same ``tf.data`` element::
+
+    {"image": uint8 [H, W, 3], "boxes": float32 [n, 4] yxyx absolute pixels, "classes": int32 [n]}
+
+which ``RpnTargetEncoder`` maps directly (``dataset.map(encoder)``).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+from typing import Dict
+
+import numpy as np
+import tensorflow as tf
+
+logger = logging.getLogger("rpn_tf.data")
+
+ELEMENT_SIGNATURE = {
+    "image": tf.TensorSpec([None, None, 3], tf.uint8),
+    "boxes": tf.TensorSpec([None, 4], tf.float32),
+    "classes": tf.TensorSpec([None], tf.int32),
+}
+BOX_TOLERANCE = 1.0  # pixels a box may extend past the image border before it counts as malformed
+
+
+@dataclasses.dataclass
+class SkipReport:
+    """What an adapter left out: ``skipped`` records (file → reason) and ``excluded_boxes`` counts by reason
+    (e.g. COCO ``iscrowd``, VOC ``difficult``)."""
+
+    skipped: Dict[str, str] = dataclasses.field(default_factory=dict)
+    excluded_boxes: Dict[str, int] = dataclasses.field(default_factory=lambda: collections.Counter())
+
+    def log(self, source):
+        if self.skipped:
+            logger.warning("%s: skipped %d malformed records: %s", source, len(self.skipped),
+                           "; ".join(f"{k}: {v}" for k, v in list(self.skipped.items())[:5]))
+        for reason, count in self.excluded_boxes.items():
+            logger.info("%s: excluded %d %s boxes", source, count, reason)
+
+
+def check_on_error(on_error):
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+
+
+def check_boxes(boxes, image_size, record):
+    """Raises ``ValueError`` naming ``record`` if yxyx ``boxes`` are non-finite, inverted or outside the image."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    height, width = image_size
+    if not np.all(np.isfinite(boxes)):
+        raise ValueError(f"{record}: box coordinates are not finite")
+    if np.any(boxes[:, 2] < boxes[:, 0]) or np.any(boxes[:, 3] < boxes[:, 1]):
+        raise ValueError(f"{record}: inverted box (y2 < y1 or x2 < x1)")
+    outside = ((boxes[:, :2] < -BOX_TOLERANCE).any(axis=1) | (boxes[:, 2] > height + BOX_TOLERANCE)
+               | (boxes[:, 3] > width + BOX_TOLERANCE))
+    if np.any(outside):
+        raise ValueError(f"{record}: box {boxes[outside][0].tolist()} lies outside the {height}x{width} image")
+
+
+def decode_image_file(path):
+    """Reads and decodes a JPEG/PNG/GIF/BMP file to uint8 ``[H, W, 3]``; errors name the file."""
+    data = tf.io.read_file(path)
+    check = tf.debugging.Assert(tf.strings.length(data) > 0, ["empty image file:", path])
+    with tf.control_dependencies([check]):
+        return tf.io.decode_image(data, channels=3, expand_animations=False)
+
+
+def file_dataset(records, num_parallel_calls):
+    """``records``: list of (path, boxes [n, 4], classes [n]) → element dataset decoding files lazily."""
+    paths = [path for path, _, _ in records]
+    boxes = tf.ragged.constant([np.asarray(b, np.float32).reshape(-1, 4).tolist() for _, b, _ in records],
+                               ragged_rank=1, inner_shape=(4,), dtype=tf.float32) if records else \
+        tf.RaggedTensor.from_row_lengths(tf.zeros([0, 4]), tf.zeros([0], tf.int64))
+    classes = tf.ragged.constant([np.asarray(c, np.int32).tolist() for _, _, c in records], dtype=tf.int32,
+                                 ragged_rank=1) if records else \
+        tf.RaggedTensor.from_row_lengths(tf.zeros([0], tf.int32), tf.zeros([0], tf.int64))
+    dataset = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), boxes, classes))
+
+    def load(path, image_boxes, image_classes):
+        return {"image": decode_image_file(path), "boxes": image_boxes, "classes": image_classes}
+
+    return dataset.map(load, num_parallel_calls=num_parallel_calls)

@@ -1,0 +1,108 @@
+"""The served graph of an ``RPNModel``: decoding, resizing, the network, proposals and ROI sampling.
+
+Signatures (batch size ``None`` everywhere):
+  ``serving_default``  ``encoded_images``: string ``[B]`` JPEG/PNG/GIF/BMP bytes, images of any sizes.
+  ``image_tensor``     ``images``: uint8 ``[B, H, W, 3]``.
+  ``tf_example``       ``serialized_examples``: string ``[B]`` ``tf.train.Example`` with ``image/encoded``.
+  ``sample_rois``      ``proposals`` float32 ``[B, N, 4]``, ``num_proposals`` int32 ``[B]``, ``gt_boxes`` float32
+                       ``[B, M, 4]`` (padded with -1), ``gt_classes`` int32 ``[B, M]`` → the ``RoiSampler``'s outputs.
+Image signatures return ``proposal_boxes`` float32 ``[B, N, 4]`` yxyx in the *original* image's pixels (zeros past
+``num_proposals``), ``proposal_scores`` ``[B, N]``, ``num_proposals`` int32 ``[B]`` and ``image_scale`` float32
+``[B, 2]`` (network size / original size, ``(sy, sx)``). Resizing is ``rpn_tf.data.resize.resize_image``, the
+encoder's, so served pixels equal training pixels.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from rpn_tf.data.resize import resize_image
+from rpn_tf.ops.box_ops import clip_boxes
+from rpn_tf.ops.roi_sampling import RoiSampler
+
+IMAGE_SIGNATURES = ("serving_default", "image_tensor", "tf_example")
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")
+
+
+def check_encoded_images(encoded, input_name):
+    """Assertions that ``encoded`` (string ``[B]``) holds non-empty JPEG/PNG/GIF/BMP data, naming the elements."""
+    head = tf.strings.substr(encoded, 0, 4)
+    known = tf.zeros_like(encoded, tf.bool)
+    for magic in _MAGIC:
+        known |= tf.strings.substr(head, 0, len(magic)) == magic
+    empty = tf.strings.length(encoded) == 0
+    return [
+        tf.debugging.Assert(tf.logical_not(tf.reduce_any(empty)),
+                            [f"{input_name}: an element is empty (0 bytes); elements:",
+                             tf.where(empty)[:, 0]], name=f"assert_{input_name}_not_empty"),
+        tf.debugging.Assert(tf.reduce_all(known | empty),
+                            [f"{input_name}: an element is not a JPEG, PNG, GIF or BMP image; elements:",
+                             tf.where(~known)[:, 0]], name=f"assert_{input_name}_is_image"),
+    ]
+
+
+class RpnServingModule:
+    """Serving functions of an ``RPNModel`` (plus a ``RoiSampler``), one per input type.
+
+    Each ``serve_*`` method works eagerly or traced; ``endpoints()`` gives them with their input signatures for
+    ``keras.export.ExportArchive`` (see ``rpn_tf.serving.exporter``).
+    """
+
+    def __init__(self, model, roi_sampler: RoiSampler | None = None):
+        self.model = model
+        self.roi_sampler = roi_sampler or RoiSampler(seed=0)
+        self.image_size = tuple(model.image_size)
+
+    def _infer(self, images, original_sizes):
+        """``images`` ``[B, H, W, 3]`` at the model size; ``original_sizes`` float32 ``[B, 2]``."""
+        outputs = self.model(images, training=False)
+        proposals = self.model.propose(outputs, training=False)
+        scale = tf.constant(self.image_size, tf.float32)[None, :] / original_sizes  # (B, 2): (sy, sx)
+        boxes = proposals["boxes"] / tf.concat([scale, scale], axis=1)[:, None, :]
+        boxes = clip_boxes(boxes, original_sizes)
+        valid = tf.range(tf.shape(boxes)[1])[None, :] < proposals["num_proposals"][:, None]
+        return {"proposal_boxes": tf.where(valid[..., None], boxes, 0.0),
+                "proposal_scores": proposals["scores"], "num_proposals": proposals["num_proposals"],
+                "image_scale": scale}
+
+    def _decode_and_infer(self, encoded, input_name):
+        with tf.control_dependencies(check_encoded_images(encoded, input_name)):
+            encoded = tf.identity(encoded)
+
+        def decode(data):
+            image = tf.io.decode_image(data, channels=3, expand_animations=False)
+            resized, _ = resize_image(image, self.image_size)
+            return resized, tf.cast(tf.shape(image)[:2], tf.float32)
+
+        images, sizes = tf.map_fn(decode, encoded, fn_output_signature=(
+            tf.TensorSpec([*self.image_size, 3], tf.uint8), tf.TensorSpec([2], tf.float32)))
+        return self._infer(images, sizes)
+
+    def serve_encoded_images(self, encoded_images):
+        return self._decode_and_infer(encoded_images, "encoded_images")
+
+    def serve_image_tensor(self, images):
+        size = tf.cast(tf.shape(images)[1:3], tf.float32)
+        sizes = tf.tile(size[None, :], [tf.shape(images)[0], 1])
+        resized, _ = resize_image(images, self.image_size)
+        return self._infer(resized, sizes)
+
+    def serve_tf_example(self, serialized_examples):
+        features = tf.io.parse_example(serialized_examples,
+                                       {"image/encoded": tf.io.FixedLenFeature([], tf.string)})
+        return self._decode_and_infer(features["image/encoded"], "image/encoded")
+
+    def sample_rois(self, proposals, num_proposals, gt_boxes, gt_classes):
+        return self.roi_sampler(proposals, gt_boxes, gt_classes, num_proposals)
+
+    def endpoints(self):
+        """``{signature name: (function, input signature)}`` of every served signature."""
+        return {
+            "serving_default": (self.serve_encoded_images, [tf.TensorSpec([None], tf.string, "encoded_images")]),
+            "image_tensor": (self.serve_image_tensor, [tf.TensorSpec([None, None, None, 3], tf.uint8, "images")]),
+            "tf_example": (self.serve_tf_example, [tf.TensorSpec([None], tf.string, "serialized_examples")]),
+            "sample_rois": (self.sample_rois, [tf.TensorSpec([None, None, 4], tf.float32, "proposals"),
+                                               tf.TensorSpec([None], tf.int32, "num_proposals"),
+                                               tf.TensorSpec([None, None, 4], tf.float32, "gt_boxes"),
+                                               tf.TensorSpec([None, None], tf.int32, "gt_classes")]),
+        }

@@ -1,0 +1,153 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rpn_tf.data import adapters
+
+RNG = np.random.default_rng(0)
+
+
+def make_images(count=3, size=(48, 64)):
+    return [RNG.integers(0, 255, size=(*size, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def write_png(path, image):
+    tf.io.write_file(str(path), tf.io.encode_png(image))
+
+
+def elements(dataset):
+    return list(dataset.as_numpy_iterator())
+
+
+def assert_round_trip(dataset, tmp_path):
+    original = elements(dataset)
+    path = str(tmp_path / "round_trip.tfrecord")
+    assert adapters.write_od_tfrecords(dataset, path) == len(original)
+    reread = elements(adapters.read_od_tfrecords(path))
+    assert len(reread) == len(original)
+    for want, got in zip(original, reread):
+        np.testing.assert_array_equal(got["image"], want["image"])
+        np.testing.assert_allclose(got["boxes"], want["boxes"], atol=1e-3)  # via normalized float32
+        np.testing.assert_array_equal(got["classes"], want["classes"])
+
+
+def test_tfds_dicts(tmp_path):
+    image = make_images(1)[0]
+    tfds_like = tf.data.Dataset.from_tensors({"image": image, "objects": {
+        "bbox": np.array([[0.25, 0.5, 0.5, 0.75]], np.float32), "label": np.array([2], np.int64)}})
+    element = elements(adapters.from_tfds(tfds_like))[0]
+    np.testing.assert_allclose(element["boxes"], [[12, 32, 24, 48]])
+    np.testing.assert_array_equal(element["classes"], [3])  # label + 1: 0 is background
+    assert_round_trip(adapters.from_tfds(tfds_like), tmp_path)
+    bad = tf.data.Dataset.from_tensors({"image": image, "objects": {
+        "bbox": np.array([[0.25, 0.5, 1.5, 0.75]], np.float32), "label": np.array([2], np.int64)}})
+    with pytest.raises(tf.errors.InvalidArgumentError, match="normalized"):
+        elements(adapters.from_tfds(bad))
+
+
+def make_coco(tmp_path, extra_annotations=()):
+    images = make_images(3)
+    for index, image in enumerate(images):
+        write_png(tmp_path / f"img{index}.png", image)
+    coco = {
+        "images": [{"id": i + 1, "file_name": f"img{i}.png", "height": 48, "width": 64} for i in range(3)],
+        "annotations": [
+            {"id": 1, "image_id": 1, "bbox": [10, 5, 20, 30], "category_id": 3, "iscrowd": 0},
+            {"id": 2, "image_id": 1, "bbox": [0, 0, 64, 48], "category_id": 1, "iscrowd": 1},
+            {"id": 3, "image_id": 2, "bbox": [30, 10, 10, 10], "category_id": 7},
+            *extra_annotations,
+        ],
+        "categories": [{"id": 1, "name": "a"}, {"id": 3, "name": "b"}, {"id": 7, "name": "c"}],
+    }
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(coco))
+    return str(path), images
+
+
+def test_coco(tmp_path):
+    path, images = make_coco(tmp_path)
+    dataset, report = adapters.from_coco(path, str(tmp_path))
+    items = elements(dataset)
+    assert len(items) == 3
+    np.testing.assert_array_equal(items[0]["image"], images[0])
+    np.testing.assert_allclose(items[0]["boxes"], [[5, 10, 35, 30]])  # [x, y, w, h] -> yxyx
+    np.testing.assert_array_equal(items[0]["classes"], [3])
+    assert items[2]["boxes"].shape == (0, 4)  # no annotations: kept, all background
+    assert report.excluded_boxes["iscrowd"] == 1 and not report.skipped
+    assert_round_trip(dataset, tmp_path)
+
+
+def test_coco_malformed_raise_or_skip(tmp_path):
+    outside = {"id": 9, "image_id": 3, "bbox": [60, 40, 30, 30], "category_id": 1}
+    path, _ = make_coco(tmp_path, [outside])
+    with pytest.raises(ValueError, match=r"image 3 \(img2.png\).*outside"):
+        adapters.from_coco(path, str(tmp_path))
+    dataset, report = adapters.from_coco(path, str(tmp_path), on_error="skip")
+    assert len(elements(dataset)) == 2 and len(report.skipped) == 1
+    os.remove(tmp_path / "img1.png")
+    with pytest.raises(ValueError, match="img1.png not found"):
+        adapters.from_coco(path, str(tmp_path), on_error="raise")
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(ValueError, match="broken.json"):
+        adapters.from_coco(str(tmp_path / "broken.json"), str(tmp_path))
+
+
+VOC_OBJECT = ("<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{x1}</xmin>"
+              "<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>")
+
+
+def make_voc(tmp_path, objects_per_image):
+    os.makedirs(tmp_path / "Annotations")
+    os.makedirs(tmp_path / "JPEGImages")
+    images = make_images(len(objects_per_image))
+    for index, (image, objects) in enumerate(zip(images, objects_per_image)):
+        write_png(tmp_path / "JPEGImages" / f"{index}.png", image)
+        body = "".join(VOC_OBJECT.format(**obj) for obj in objects)
+        (tmp_path / "Annotations" / f"{index}.xml").write_text(
+            f"<annotation><filename>{index}.png</filename><size><width>64</width><height>48</height></size>"
+            f"{body}</annotation>")
+    return images
+
+
+def test_voc_folder_and_difficult(tmp_path):
+    make_voc(tmp_path, [
+        [{"name": "dog", "difficult": 0, "x1": 1, "y1": 2, "x2": 11, "y2": 22},
+         {"name": "cat", "difficult": 1, "x1": 5, "y1": 5, "x2": 9, "y2": 9}],
+        [{"name": "cat", "difficult": 0, "x1": 0, "y1": 0, "x2": 64, "y2": 48}],
+    ])
+    dataset, report, names = adapters.from_voc(str(tmp_path))
+    assert names == ["cat", "dog"]
+    items = elements(dataset)
+    np.testing.assert_allclose(items[0]["boxes"], [[2, 1, 22, 11]])
+    np.testing.assert_array_equal(items[0]["classes"], [2])
+    np.testing.assert_array_equal(items[1]["classes"], [1])
+    assert report.excluded_boxes["difficult"] == 1
+    with_difficult, _, _ = adapters.from_voc(str(tmp_path), include_difficult=True)
+    assert len(elements(with_difficult)[0]["boxes"]) == 2
+    assert_round_trip(dataset, tmp_path)
+    with pytest.raises(ValueError, match="unknown class names"):
+        adapters.from_voc(str(tmp_path), class_names=["dog"])
+    skipped, report, _ = adapters.from_voc(str(tmp_path), class_names=["dog"], on_error="skip")
+    assert len(elements(skipped)) == 1 and len(report.skipped) == 1
+
+
+def test_real_deepforest_file_and_round_trip(tmp_path):
+    dataset = adapters.from_deepforest(["OSBS_029"])
+    element = elements(dataset)[0]
+    assert element["image"].shape == (400, 400, 3) and len(element["boxes"]) == 61
+    np.testing.assert_array_equal(element["classes"], 1)
+    assert_round_trip(dataset, tmp_path)
+
+
+def test_od_tfrecord_malformed_names_record(tmp_path):
+    example = adapters.od_example(make_images(1)[0], [[0, 0, 10, 10]], [1, 2], filename="bad.png")
+    path = str(tmp_path / "bad.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        writer.write(example.SerializeToString())
+    with pytest.raises(tf.errors.InvalidArgumentError, match="bad.png"):
+        elements(adapters.read_od_tfrecords(path))
+    with pytest.raises(FileNotFoundError, match="no TFRecord"):
+        adapters.read_od_tfrecords(str(tmp_path / "none-*.tfrecord"))

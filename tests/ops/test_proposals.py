@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import rpn_tf
+
+
+def test_generate_proposals_shapes_and_filters():
+    anchors = rpn_tf.generate_anchors((64, 64), rpn_tf.AnchorConfig(stride=16, scales=(1.0, 2.0)))
+    num_anchors = anchors.shape[0]
+    logits = tf.random.stateless_normal([2, num_anchors], seed=[1, 2])
+    deltas = tf.zeros([2, num_anchors, 4])
+    config = rpn_tf.ProposalConfig(post_nms_top_k_test=20, min_size=16)
+    out = rpn_tf.generate_proposals(anchors, logits, deltas, (64, 64), config)
+    assert out["boxes"].shape == (2, 20, 4) and out["scores"].shape == (2, 20)
+    boxes = out["boxes"].numpy()
+    for image in range(2):
+        count = int(out["num_proposals"][image])
+        assert 0 < count <= 20
+        valid = boxes[image, :count]
+        assert np.all(valid >= 0) and np.all(valid <= 64)
+        assert np.all(valid[:, 2] - valid[:, 0] >= 16) and np.all(valid[:, 3] - valid[:, 1] >= 16)
+        scores = out["scores"].numpy()[image, :count]
+        assert np.all(np.diff(scores) <= 0)
+        assert np.all(rpn_tf.iou_matrix(valid, valid).numpy()[np.triu_indices(count, 1)] <= 0.7 + 1e-6)
+
+
+def test_bad_proposal_config():
+    with pytest.raises(ValueError, match="nms_iou"):
+        rpn_tf.ProposalConfig(nms_iou=0)
+    with pytest.raises(ValueError, match="post_nms_top_k_test"):
+        rpn_tf.ProposalConfig(post_nms_top_k_test=0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_proposals_agree_with_numpy_reference(seed):
+    from reference import proposals_np
+
+    rng = np.random.default_rng(seed)
+    image_size = (256, 320)
+    anchors = rpn_tf.generate_anchors(image_size, rpn_tf.AnchorConfig(stride=16, scales=(2.0, 4.0, 8.0)))
+    num_anchors = anchors.shape[0]
+    logits = rng.normal(size=(2, num_anchors)).astype(np.float32)
+    deltas = (rng.normal(size=(2, num_anchors, 4)) * 0.3).astype(np.float32)
+    config = rpn_tf.ProposalConfig(pre_nms_top_k_test=1000, post_nms_top_k_test=100)
+    out = rpn_tf.generate_proposals(anchors, logits, deltas, image_size, config)
+    for image in range(2):
+        expected_boxes, expected_scores = proposals_np(anchors.numpy(), logits[image], deltas[image], image_size,
+                                                       1000, 100)
+        count = int(out["num_proposals"][image])
+        assert count == len(expected_boxes)
+        np.testing.assert_allclose(out["boxes"].numpy()[image, :count], expected_boxes, atol=1e-3)
+        np.testing.assert_allclose(out["scores"].numpy()[image, :count], expected_scores, atol=1e-5)
