@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import rpn_tf  # noqa: E402
+from rpn_tf.data.resize import resize_image  # noqa: E402
 from tests.reference import proposals_np  # noqa: E402
 
 
@@ -35,26 +36,36 @@ def timed(function, repeats):
 def bench_proposal_stage(repeats):
     image_size = (800, 800)
     anchors = rpn_tf.generate_anchors(image_size)
-    config = rpn_tf.ProposalConfig()
     rng = np.random.default_rng(0)
-    print("proposal stage, 22 500 anchors -> 12 000 -> NMS 0.7 -> 2 000 (ms per call)")
-    print(f"{'batch':>5} {'tf graph':>9} {'numpy':>9} {'ratio':>7}")
-    for batch in (1, 8):
-        logits = tf.constant(rng.normal(size=(batch, anchors.shape[0])).astype(np.float32))
-        deltas = tf.constant((rng.normal(size=(batch, anchors.shape[0], 4)) * 0.2).astype(np.float32))
-        function = tf.function(
-            lambda scores, boxes: rpn_tf.generate_proposals(anchors, scores, boxes, image_size, config, True))
-        tf_ms = timed(lambda: function(logits, deltas), repeats)
-        anchors_np, logits_np, deltas_np = anchors.numpy(), logits.numpy(), deltas.numpy()
-        np_ms = timed(lambda: [proposals_np(anchors_np, logits_np[i], deltas_np[i], image_size, 12000, 2000)
-                               for i in range(batch)], max(repeats // 5, 1))
-        print(f"{batch:>5} {tf_ms:>9.1f} {np_ms:>9.1f} {np_ms / tf_ms:>6.1f}x")
+    variants = [("combined", False), ("padded", False), ("padded", True)]
+    print("proposal stage, 22 500 anchors -> pre-NMS top-k -> NMS 0.7 -> top-N (ms per call); "
+          "NMS: combined = tf.image.combined_non_max_suppression, padded = rpn_tf.padded_nms (+xla: jit_compile)")
+    print(f"{'mode':>5} {'batch':>5} " + " ".join(f"{n + ('+xla' if x else ''):>13}" for n, x in variants)
+          + f" {'numpy':>9} {'best/numpy':>10}")
+    for training in (True, False):
+        pre_nms, post_nms = rpn_tf.ProposalConfig().top_k(training)
+        for batch in (1, 8):
+            logits = tf.constant(rng.normal(size=(batch, anchors.shape[0])).astype(np.float32))
+            deltas = tf.constant((rng.normal(size=(batch, anchors.shape[0], 4)) * 0.2).astype(np.float32))
+            times = []
+            for nms, jit_compile in variants:
+                config = rpn_tf.ProposalConfig(nms=nms)
+                function = tf.function(
+                    lambda scores, boxes, config=config: rpn_tf.generate_proposals(anchors, scores, boxes,
+                                                                                   image_size, config, training),
+                    jit_compile=jit_compile, autograph=False)
+                times.append(timed(lambda function=function: function(logits, deltas), repeats))
+            anchors_np, logits_np, deltas_np = anchors.numpy(), logits.numpy(), deltas.numpy()
+            np_ms = timed(lambda: [proposals_np(anchors_np, logits_np[i], deltas_np[i], image_size, pre_nms,
+                                                post_nms) for i in range(batch)], max(repeats // 5, 1))
+            print(f"{'train' if training else 'test':>5} {batch:>5} " + " ".join(f"{t:>13.1f}" for t in times)
+                  + f" {np_ms:>9.1f} {np_ms / min(times):>9.1f}x")
 
 
 def bench_served_call(backbone, image_size, anchor_config, repeats):
     model = rpn_tf.RPNModel(image_size, anchor_config, backbone=backbone, weights=None)
     jpeg = tf.io.encode_jpeg(np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8))
-    preprocess = tf.function(lambda data: tf.image.resize(tf.io.decode_jpeg(data, channels=3), image_size)[None])
+    preprocess = tf.function(lambda data: resize_image(tf.io.decode_jpeg(data, channels=3)[None], image_size)[0])
     network = tf.function(lambda images: model(images, training=False))
     postprocess = tf.function(lambda outputs: model.propose(outputs, training=False))
     images = preprocess(jpeg)

@@ -13,6 +13,11 @@ import dataclasses
 import math
 from typing import Sequence, Tuple, Union
 
+from rpn_tf.config_fields import box_coder_field as _box_coder
+from rpn_tf.config_fields import config_from_kwargs, config_to_dict  # noqa: F401  (re-exported)
+from rpn_tf.config_fields import fraction_field as _fraction
+from rpn_tf.config_fields import positive_int_field as _positive_int
+from rpn_tf.config_fields import seed_field as _seed
 from rpn_tf.ops.box_coder import BBOX_XFORM_CLIP, BoxCoder  # noqa: F401  (BBOX_XFORM_CLIP re-exported)
 
 BOX_FORMATS = ("yxyx", "xyxy", "xywh")
@@ -35,33 +40,6 @@ def _as_float_tuple(name: str, values) -> Tuple[float, ...]:
     if any(not math.isfinite(v) or v <= 0 for v in result):
         raise ValueError(f"{name} must hold finite positive numbers, got {values!r}")
     return result
-
-
-def _positive_int(owner: str, name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value <= 0:
-        raise ValueError(f"{owner}.{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _fraction(owner: str, name: str, value, low_open=False) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (
-            (0.0 < value if low_open else 0.0 <= value) and value <= 1.0):
-        raise ValueError(f"{owner}.{name} must be in {'(0' if low_open else '[0'}, 1], got {value!r}")
-    return float(value)
-
-
-def _seed(owner: str, value):
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ValueError(f"{owner}.seed must be None or an int, got {value!r}")
-    return value
-
-
-def _box_coder(owner: str, value) -> BoxCoder:
-    if isinstance(value, BoxCoder):
-        return value
-    if isinstance(value, dict):  # from a serialized config
-        return BoxCoder(**value)
-    raise TypeError(f"{owner}.box_coder must be a BoxCoder, got {type(value).__name__}")
 
 
 def validate_image_size(image_size) -> Tuple[int, int]:
@@ -285,37 +263,3 @@ class RoiSamplerConfig:
                             ("negative_iou_range", (low, high)), ("append_gt_boxes", bool(self.append_gt_boxes)),
                             ("box_coder", _box_coder(owner, self.box_coder)), ("seed", _seed(owner, self.seed))):
             object.__setattr__(self, name, value)
-
-
-def config_from_kwargs(config_class, config=None, kwargs=None):
-    """A ``config_class`` instance from an instance (or a dict of fields) plus keyword overrides.
-
-    ``delta_weights=(wy, wx, wh, ww)`` is accepted as a shorthand for ``box_coder=BoxCoder(weights)``.
-    Unknown keywords raise ``TypeError`` naming them and the valid fields.
-    """
-    kwargs = dict(kwargs or {})
-    if "delta_weights" in kwargs:
-        kwargs["box_coder"] = BoxCoder(tuple(kwargs.pop("delta_weights")))
-    if isinstance(config, dict):
-        config = config_class(**config)
-    fields = {field.name for field in dataclasses.fields(config_class)}
-    unknown = sorted(set(kwargs) - fields)
-    if unknown:
-        raise TypeError(f"unknown {config_class.__name__} fields {unknown}; valid: {sorted(fields)} "
-                        "(and delta_weights)")
-    if config is None:
-        return config_class(**kwargs)
-    if not isinstance(config, config_class):
-        raise TypeError(f"expected a {config_class.__name__}, got {type(config).__name__}")
-    return dataclasses.replace(config, **kwargs) if kwargs else config
-
-
-def config_to_dict(config) -> dict:
-    """A JSON-ready dict of a config dataclass (nested ``BoxCoder`` → dict, tuples → lists)."""
-    def plain(value):
-        if dataclasses.is_dataclass(value):
-            return {field.name: plain(getattr(value, field.name)) for field in dataclasses.fields(value)}
-        if isinstance(value, tuple):
-            return [plain(v) for v in value]
-        return value
-    return plain(config)

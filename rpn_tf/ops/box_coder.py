@@ -38,7 +38,7 @@ class BoxCoder:
     def __post_init__(self):
         try:
             weights = tuple(float(w) for w in self.weights)
-        except TypeError as error:
+        except (TypeError, ValueError) as error:
             raise ValueError(f"BoxCoder.weights must be 4 numbers, got {self.weights!r}") from error
         if len(weights) != 4 or any(not math.isfinite(w) or w <= 0 for w in weights):
             raise ValueError(f"BoxCoder.weights must be 4 finite positive numbers, got {self.weights!r}")

@@ -30,10 +30,13 @@ def test_bad_proposal_config():
         rpn_tf.ProposalConfig(nms_iou=0)
     with pytest.raises(ValueError, match="post_nms_top_k_test"):
         rpn_tf.ProposalConfig(post_nms_top_k_test=0)
+    with pytest.raises(ValueError, match="nms must be one of"):
+        rpn_tf.ProposalConfig(nms="soft")
 
 
+@pytest.mark.parametrize("nms,jit_compile", [("combined", False), ("padded", False), ("padded", True)])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_proposals_agree_with_numpy_reference(seed):
+def test_proposals_agree_with_numpy_reference(seed, nms, jit_compile):
     from reference import proposals_np
 
     rng = np.random.default_rng(seed)
@@ -42,8 +45,10 @@ def test_proposals_agree_with_numpy_reference(seed):
     num_anchors = anchors.shape[0]
     logits = rng.normal(size=(2, num_anchors)).astype(np.float32)
     deltas = (rng.normal(size=(2, num_anchors, 4)) * 0.3).astype(np.float32)
-    config = rpn_tf.ProposalConfig(pre_nms_top_k_test=1000, post_nms_top_k_test=100)
-    out = rpn_tf.generate_proposals(anchors, logits, deltas, image_size, config)
+    config = rpn_tf.ProposalConfig(pre_nms_top_k_test=1000, post_nms_top_k_test=100, nms=nms)
+    propose = tf.function(lambda logits, deltas: rpn_tf.generate_proposals(anchors, logits, deltas, image_size, config),
+                          jit_compile=jit_compile, autograph=False)
+    out = propose(logits, deltas)
     for image in range(2):
         expected_boxes, expected_scores = proposals_np(anchors.numpy(), logits[image], deltas[image], image_size,
                                                        1000, 100)

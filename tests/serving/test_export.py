@@ -227,3 +227,17 @@ def test_served_over_grpc_and_rest(export_dir, real_jpeg):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_version_must_be_positive_and_failed_exports_leave_no_version(keras_file, tmp_path):
+    model = load_model(keras_file)
+    for version in (0, -3, 1.5):
+        with pytest.raises(ValueError, match="version must be an integer >= 1"):
+            export_saved_model(model, str(tmp_path), "rpn", version=version)
+    # A temporary folder left by a killed export (its process is gone) is removed; a failing export leaves
+    # neither a numeric folder nor a temporary one.
+    stale = tmp_path / "rpn" / ".7.tmp-999999999"
+    (stale / "variables").mkdir(parents=True)
+    with pytest.raises(tf.errors.InvalidArgumentError):  # the warmup image fails after the SavedModel is written
+        export_saved_model(model, str(tmp_path), "rpn", warmup_jpeg=b"not a jpeg")
+    assert sorted(os.listdir(tmp_path / "rpn")) == []
