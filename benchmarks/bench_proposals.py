@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import rpn_tf  # noqa: E402
-from rpn_tf.data.resize import resize_image  # noqa: E402
+from rpn_tf.data.resize import resize_to_canvas  # noqa: E402
 from tests.reference import proposals_np  # noqa: E402
 
 
@@ -65,7 +65,7 @@ def bench_proposal_stage(repeats):
 def bench_served_call(backbone, image_size, anchor_config, repeats):
     model = rpn_tf.RPNModel(image_size, anchor_config, backbone=backbone, weights=None)
     jpeg = tf.io.encode_jpeg(np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8))
-    preprocess = tf.function(lambda data: resize_image(tf.io.decode_jpeg(data, channels=3)[None], image_size)[0])
+    preprocess = tf.function(lambda data: resize_to_canvas(tf.io.decode_jpeg(data, channels=3)[None], image_size)[0])
     network = tf.function(lambda images: model(images, training=False))
     postprocess = tf.function(lambda outputs: model.propose(outputs, training=False))
     images = preprocess(jpeg)
@@ -74,7 +74,7 @@ def bench_served_call(backbone, image_size, anchor_config, repeats):
     net_ms = timed(lambda: network(images), repeats)
     post_ms = timed(lambda: postprocess(outputs), repeats)
     total = pre_ms + net_ms + post_ms
-    print(f"{backbone:>14} {image_size[0]}x{image_size[1]}: preprocessing {pre_ms:7.1f} ms ({pre_ms / total:4.0%}), "
+    print(f"{backbone:>16} {image_size[0]}x{image_size[1]}: preprocessing {pre_ms:7.1f} ms ({pre_ms / total:4.0%}), "
           f"backbone+head {net_ms:7.1f} ms ({net_ms / total:4.0%}), post-processing {post_ms:6.1f} ms "
           f"({post_ms / total:4.0%})")
 
@@ -89,6 +89,7 @@ def main():
     bench_proposal_stage(args.repeats)
     print("one served call on a 400x400 JPEG (batch 1)")
     bench_served_call("simple", (400, 400), rpn_tf.AnchorConfig(stride=8, scales=(2.5, 5.0, 10.0)), args.repeats)
+    bench_served_call("simple_fpn", (400, 400), None, args.repeats)  # P2–P6, 1 000 proposals
     if not args.skip_vgg:
         bench_served_call("vgg16", (800, 800), rpn_tf.AnchorConfig(), max(args.repeats // 3, 1))
 

@@ -11,14 +11,16 @@ Sub-packages follow the data (see ``docs/architecture.md``):
 Conventions (boxes ``[y1, x1, y2, x2]`` in absolute pixels, no +1, ratio = h / w) are in ``docs/conventions.md``.
 """
 
-from rpn_tf.config import AnchorConfig, MultiLevelAnchorConfig, ProposalConfig, RoiSamplerConfig, TargetConfig
+from rpn_tf.config import AnchorConfig, MultiLevelAnchorConfig, ProposalConfig, ResizeConfig, RoiSamplerConfig, \
+    TargetConfig
 from rpn_tf.data.encoder import RpnTargetEncoder
+from rpn_tf.data.resize import resize_to_canvas
 from rpn_tf.evaluation import evaluate_recall
 from rpn_tf.modeling.head import RpnHead
 from rpn_tf.modeling.metrics import ProposalRecall
 from rpn_tf.modeling.rpn_model import RPNModel
 from rpn_tf.ops import box_ops
-from rpn_tf.ops.anchors import generate_anchors, num_anchors
+from rpn_tf.ops.anchors import anchors_per_level, generate_anchors, num_anchors
 from rpn_tf.ops.box_coder import BoxCoder
 from rpn_tf.ops.box_ops import clip_boxes, convert_boxes, decode_deltas, encode_deltas, iou_matrix
 from rpn_tf.ops.matching import AnchorMatcher, anchors_inside_image, label_anchors
@@ -37,6 +39,7 @@ __all__ = [
     "MultiLevelAnchorConfig",
     "ProposalConfig",
     "ProposalRecall",
+    "ResizeConfig",
     "RPNModel",
     "RoiSampler",
     "RoiSamplerConfig",
@@ -45,6 +48,7 @@ __all__ = [
     "RpnTargetEncoder",
     "TargetConfig",
     "anchors_inside_image",
+    "anchors_per_level",
     "box_ops",
     "clip_boxes",
     "convert_boxes",
@@ -57,5 +61,6 @@ __all__ = [
     "label_anchors",
     "num_anchors",
     "padded_nms",
+    "resize_to_canvas",
     "sample_balanced",
 ]

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from rpn_tf.config import DEFAULT_IMAGE_SIZE, AnchorConfig, TargetConfig, as_anchor_config, config_from_kwargs, \
-    validate_image_size
+from rpn_tf.config import DEFAULT_IMAGE_SIZE, AnchorConfig, TargetConfig, as_anchor_config, as_resize_config, \
+    config_from_kwargs, validate_image_size
 from rpn_tf.data.gt_boxes import classes_for, pad_boxes, to_yxyx_pixels, validate_gt_boxes
-from rpn_tf.data.resize import prepare_image, resize_image
-from rpn_tf.ops.anchors import generate_anchors
+from rpn_tf.data.resize import prepare_image, resize_to_canvas
+from rpn_tf.ops.anchors import anchor_cell_origins, generate_anchors
 from rpn_tf.ops.sampling import content_seeds
 from rpn_tf.ops.targets import RpnTargetAssigner
 
@@ -27,21 +27,26 @@ class RpnTargetEncoder:
     ``jit_compile=True`` (``encode`` / ``label_anchors``), with identical outputs.
 
     Args:
-      image_size: ``(height, width)`` the network sees; ``__call__`` resizes images (and scales boxes) to it.
+      image_size: ``(height, width)`` of the canvas the network sees; ``__call__`` resizes images (and scales
+        boxes) onto it by ``resize``.
       anchor_config: ``AnchorConfig`` (article defaults), ``MultiLevelAnchorConfig`` or a sequence of levels.
       config: a ``TargetConfig`` (or a dict of its fields); default ``TargetConfig()``, the article's rules.
+      resize: ``ResizeConfig`` or a policy name: ``"letterbox"`` (default: aspect kept, zero padding bottom /
+        right), ``"stretch"`` or ``"shorter_side"``. Anchors in an image's padding are ignored (label -1).
       **overrides: ``TargetConfig`` fields (``positive_iou=0.7``, ``negative_iou=0.3``, ``allowed_border=0``,
         ``samples_per_image=256``, ``positive_fraction=0.5``, ``box_format="yxyx"``, ``normalized_boxes=False``,
         ``max_boxes=100``, ``seed=None``, ``validate=True``, ``box_coder``), and ``delta_weights=(wy, wx, wh, ww)``
         as a shorthand for ``box_coder=BoxCoder(delta_weights)``.
     """
 
-    def __init__(self, image_size=DEFAULT_IMAGE_SIZE, anchor_config=None, config=None, **overrides):
+    def __init__(self, image_size=DEFAULT_IMAGE_SIZE, anchor_config=None, config=None, *, resize=None, **overrides):
         self.image_size = validate_image_size(image_size)
         self.anchor_config = as_anchor_config(anchor_config if anchor_config is not None else AnchorConfig())
         self.config: TargetConfig = config_from_kwargs(TargetConfig, config, overrides)
+        self.resize = as_resize_config(resize)
         self._anchors = generate_anchors(self.image_size, self.anchor_config)
-        self.assigner = RpnTargetAssigner(self._anchors.numpy(), self.image_size, self.config)
+        self.assigner = RpnTargetAssigner(self._anchors.numpy(), self.image_size, self.config,
+                                          anchor_cell_origins(self.image_size, self.anchor_config))
 
     @property
     def anchors(self) -> tf.Tensor:
@@ -67,23 +72,24 @@ class RpnTargetEncoder:
             return gt_boxes[None], True
         return gt_boxes, False
 
-    def label_anchors(self, gt_boxes):
+    def label_anchors(self, gt_boxes, valid_sizes=None):
         """Labels before sampling.
 
         Args:
           gt_boxes: ``Tensor[G, 4]`` or ``Tensor[B, G, 4]`` in ``box_format``, in network-input pixels.
+          valid_sizes: optional ``(h, w)`` (``[2]`` or ``[B, 2]``) of the unpadded image on the canvas.
 
         Returns:
           ``(labels, matched_gt_index)``, int32 ``Tensor[A]`` (or ``[B, A]``): labels in {1, 0, -1};
           ``matched_gt_index`` the GT row each anchor is matched to (-1 for outside anchors or no valid GT).
         """
         boxes, added_batch = self._batched(gt_boxes)
-        labels, matched_gt_index, _ = self.assigner.matcher(boxes)
+        labels, matched_gt_index, _ = self.assigner.matcher(boxes, valid_sizes=_batched_sizes(valid_sizes))
         if added_batch:
             return labels[0], matched_gt_index[0]
         return labels, matched_gt_index
 
-    def encode(self, gt_boxes, seeds=None):
+    def encode(self, gt_boxes, seeds=None, valid_sizes=None):
         """RPN targets after balanced sampling.
 
         Args:
@@ -91,6 +97,7 @@ class RpnTargetEncoder:
             (padding rows of -1 are ignored).
           seeds: optional int ``Tensor[B, 2]`` (or ``[2]`` for unbatched input) of stateless seeds overriding
             the encoder's own seeding.
+          valid_sizes: optional ``(h, w)`` (``[2]`` or ``[B, 2]``) of the unpadded image on the canvas.
 
         Returns:
           dict with ``rpn_labels`` int32 ``Tensor[A]`` / ``[B, A]`` in {1, 0, -1} (sampled) and ``rpn_deltas``
@@ -98,7 +105,7 @@ class RpnTargetEncoder:
           there is none.
         """
         boxes, added_batch = self._batched(gt_boxes)
-        targets = self.assigner(boxes, seeds)
+        targets = self.assigner(boxes, seeds, _batched_sizes(valid_sizes))
         if added_batch:
             return {name: value[0] for name, value in targets.items()}
         return targets
@@ -112,15 +119,17 @@ class RpnTargetEncoder:
           gt_boxes: ``Tensor[G, 4]`` in ``box_format`` in the original image's coordinates (tuple input).
 
         Returns:
-          ``(image, targets)``: the image resized (bilinear) to ``image_size``, in its input dtype (uint8 stays
-          uint8, values rounded) and a dict with ``rpn_labels`` ``[A]``, ``rpn_deltas`` ``[A, 4]``, ``gt_boxes``
-          ``[M, 4]`` yxyx network pixels padded with -1, ``gt_classes`` ``[M]`` padded with -1 (1 when the input
-          has no classes) and ``num_boxes`` (scalar int32). Every shape is static, so ``.batch(B)`` works.
+          ``(image, targets)``: the image on the ``image_size`` canvas (``resize`` policy, bilinear), in its input
+          dtype (uint8 stays uint8, values rounded) and a dict with ``rpn_labels`` ``[A]``, ``rpn_deltas``
+          ``[A, 4]``, ``gt_boxes`` ``[M, 4]`` yxyx canvas pixels padded with -1, ``gt_classes`` ``[M]`` padded with
+          -1 (1 when the input has no classes), ``num_boxes`` (scalar int32), ``image_scale`` float32 ``[2]``
+          (canvas pixels per original pixel, ``(sy, sx)``) and ``valid_size`` int32 ``[2]`` (the unpadded ``(h, w)``
+          on the canvas). Every shape is static, so ``.batch(B)`` works.
         """
         image, gt_boxes, gt_classes = _parse_element(image, gt_boxes)
         image = prepare_image(image)
         original_size = tf.shape(image)[:2]
-        image, scale = resize_image(image, self.image_size)
+        image, scale, valid_size = resize_to_canvas(image, self.image_size, self.resize)
         boxes, added_batch = self._batched(gt_boxes, image_size=original_size)
         if not added_batch:
             raise ValueError(f"gt_boxes of one example must be [G, 4], got shape {boxes.shape}")
@@ -132,9 +141,17 @@ class RpnTargetEncoder:
         # the padded ones, so that encoding a batch of padded GT later (e.g. on the accelerator) gives the same
         # sample.
         seeds = None if self.config.seed is None else content_seeds(self.config.seed, padded_boxes[None])
-        targets = {name: value[0] for name, value in self.assigner(boxes[None], seeds).items()}
-        targets.update(gt_boxes=padded_boxes, gt_classes=padded_classes, num_boxes=num_boxes)
+        targets = {name: value[0] for name, value in self.assigner(boxes[None], seeds, valid_size[None]).items()}
+        targets.update(gt_boxes=padded_boxes, gt_classes=padded_classes, num_boxes=num_boxes, image_scale=scale,
+                       valid_size=valid_size)
         return image, targets
+
+
+def _batched_sizes(valid_sizes):
+    """``None``, ``[2]`` or ``[B, 2]`` valid sizes → ``None`` or ``[B, 2]``."""
+    if valid_sizes is None:
+        return None
+    return tf.reshape(tf.cast(valid_sizes, tf.float32), [-1, 2])
 
 
 def _parse_element(image, gt_boxes):

@@ -1,12 +1,14 @@
-"""Resizing an image (and its boxes) to the network's input size.
+"""Resizing images of any size onto the network's fixed input canvas, by a ``ResizeConfig`` policy.
 
-The same function serves the ``tf.data`` encoder and the served graph, so training and serving see identical
-pixels.
+The same function serves the ``tf.data`` encoder, ``RPNModel.predict`` and the served graph, so training, prediction
+and serving see identical pixels.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
+
+from rpn_tf.config import ResizeConfig, as_resize_config
 
 
 def prepare_image(image):
@@ -21,23 +23,51 @@ def prepare_image(image):
     return image
 
 
-def resize_image(image, image_size):
-    """Resizes ``[H0, W0, 3]`` (or ``[B, H0, W0, 3]``) to ``image_size`` (bilinear, aspect ratio not kept).
+def resized_shape(original_size, image_size, config: ResizeConfig):
+    """The image's size on the canvas before padding: int32 ``Tensor[2]`` ``(h, w)``.
 
-    The dtype is kept: integer images are rounded back (uint8 stays uint8, 4× less memory through a pipeline);
-    an image already at ``image_size`` is returned unchanged.
+    ``original_size``: int ``Tensor[2]``; ``image_size``: the canvas ``(H, W)``.
+    """
+    original = tf.cast(original_size, tf.float32)
+    canvas = tf.constant(image_size, tf.float32)
+    if config.policy == "stretch":
+        return tf.constant(image_size, tf.int32)
+    scale = tf.reduce_min(canvas / original)  # letterbox: fit the canvas
+    if config.policy == "shorter_side":
+        scale = tf.minimum(scale, tf.minimum(config.shorter_side / tf.reduce_min(original),
+                                             config.max_size / tf.reduce_max(original)))
+    size = tf.cast(tf.round(original * scale), tf.int32)
+    return tf.clip_by_value(size, 1, tf.constant(image_size, tf.int32))
+
+
+def resize_to_canvas(image, image_size, config=None):
+    """Resizes ``[H0, W0, 3]`` (or a batch ``[B, H0, W0, 3]`` of one size) onto the ``image_size`` canvas.
+
+    Bilinear resizing to ``resized_shape``, then zero padding at the bottom / right. The dtype is kept: integer
+    images are rounded back (uint8 stays uint8, 4× less memory through a pipeline); an image whose resized shape is
+    its own is not resampled.
+
+    Args:
+      image: ``Tensor[H0, W0, 3]`` or ``[B, H0, W0, 3]``, any numeric dtype.
+      image_size: the canvas ``(H, W)``.
+      config: ``ResizeConfig``, a policy name or ``None`` (letterbox).
 
     Returns:
-      ``(resized image, scale)`` with ``scale`` float32 ``Tensor[2]`` = ``image_size / original size``, ``(sy, sx)``.
+      ``(canvas [..., H, W, 3], image_scale float32 [2], valid_size int32 [2])``: ``image_scale`` = resized /
+      original size ``(sy, sx)`` (multiply original-pixel boxes by it), ``valid_size`` the unpadded ``(h, w)``.
     """
+    config = as_resize_config(config)
+    image = tf.convert_to_tensor(image)
     original_size = tf.shape(image)[-3:-1]
-    target_size = tf.constant(image_size, tf.int32)
+    size = resized_shape(original_size, image_size, config)
     dtype = image.dtype
 
-    def resize():
-        resized = tf.image.resize(image, image_size, method="bilinear")
+    def resample():
+        resized = tf.image.resize(image, size, method="bilinear")
         return resized if dtype.is_floating else tf.saturate_cast(tf.round(resized), dtype)
 
-    image = tf.cond(tf.reduce_all(original_size == target_size), lambda: image, resize)
-    image = tf.ensure_shape(image, [*image.shape[:-3], *image_size, 3])
-    return image, tf.cast(target_size, tf.float32) / tf.cast(original_size, tf.float32)
+    resized = tf.cond(tf.reduce_all(size == original_size), lambda: image, resample)
+    canvas = tf.image.pad_to_bounding_box(resized, 0, 0, image_size[0], image_size[1])
+    canvas = tf.ensure_shape(canvas, [*image.shape[:-3], *image_size, 3])
+    scale = tf.cast(size, tf.float32) / tf.cast(original_size, tf.float32)
+    return canvas, scale, size

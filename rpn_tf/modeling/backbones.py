@@ -1,13 +1,20 @@
-"""Backbones: image → one stride-16 feature map, with the preprocessing each one expects.
+"""Backbones: image → feature maps (one, or a pyramid), with the preprocessing each one expects.
 
-Built-in names (all stride 16):
+Built-in single-level names (stride 16):
   ``"vgg16"``        VGG16 through ``block5_conv3`` (512 channels), Caffe preprocessing — the article's.
   ``"resnet50"``     ResNet50 through ``conv4_block6_out`` (1024 channels), Caffe preprocessing.
   ``"mobilenet_v2"`` MobileNetV2 through ``block_13_expand_relu`` (576 channels), inputs scaled to [-1, 1].
   ``"simple"``       a small conv-BN-ReLU network (128 channels at stride 16; ``backbone_stride`` 4, 8, 16 or
                      32), inputs scaled to [0, 1]; trains from scratch on CPU in minutes.
+Built-in feature pyramids (``modeling/fpn.py``; P2–P6 at strides 4–64, 256 channels):
+  ``"resnet50_fpn"``     ResNet50 C2–C5 (``conv{2,3,4,5}_block*_out``), Caffe preprocessing — detectron2's
+                         ``rpn_R_50_FPN``.
+  ``"mobilenet_v2_fpn"`` MobileNetV2 at strides 4–32 (``block_2_add``, ``block_5_add``, ``block_12_add``,
+                         ``out_relu``), inputs scaled to [-1, 1].
+  ``"simple_fpn"``       the ``simple`` network's blocks at strides 4–32 (64 pyramid channels); CPU-sized.
 A user ``keras.Model`` mapping ``[B, H, W, 3]`` images (already preprocessed by the user's model, or
-``preprocessing="unit" | "caffe" | "tf" | "none"``) to one feature map also works, with its stride declared.
+``preprocessing="unit" | "caffe" | "tf" | "none"``) to one feature map (declare its stride) or to a dict / list of
+maps (one per level; strides are read from the map sizes) also works.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import keras
 import numpy as np
 
 from rpn_tf.config import validate_image_size
+from rpn_tf.modeling.fpn import feature_pyramid
 
 # name: (stride, preprocessing mode, output layer)
 BUILTIN_BACKBONES = {
@@ -24,7 +32,15 @@ BUILTIN_BACKBONES = {
     "mobilenet_v2": (16, "tf", "block_13_expand_relu"),
     "simple": (16, "unit", None),
 }
+# name: (trunk, preprocessing mode, bottom-up layers C2–C5, pyramid channels)
+FPN_BACKBONES = {
+    "resnet50_fpn": ("resnet50", "caffe",
+                     ("conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"), 256),
+    "mobilenet_v2_fpn": ("mobilenet_v2", "tf", ("block_2_add", "block_5_add", "block_12_add", "out_relu"), 256),
+    "simple_fpn": ("simple", "unit", ("block2_pool", "block3_pool", "block4_pool", "block5_pool"), 64),
+}
 PREPROCESSING_MODES = ("caffe", "tf", "unit", "none")
+_APPLICATIONS = {"vgg16": "VGG16", "resnet50": "ResNet50", "mobilenet_v2": "MobileNetV2"}
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
 
@@ -74,6 +90,41 @@ def _simple_backbone(image_size, stride=16):
     return keras.Model(inputs, features, name="simple_backbone")
 
 
+def _application(name, image_size, weights):
+    return getattr(keras.applications, _APPLICATIONS[name])(include_top=False, weights=weights,
+                                                            input_shape=(*image_size, 3))
+
+
+def _fpn_backbone(name, image_size, weights):
+    trunk_name, mode, taps, channels = FPN_BACKBONES[name]
+    if trunk_name == "simple":
+        if weights is not None:
+            raise ValueError("the 'simple_fpn' backbone has no pretrained weights; use weights=None")
+        trunk = _simple_backbone(image_size, 32)
+    else:
+        trunk = _application(trunk_name, image_size, weights)
+    bottom_up = [trunk.get_layer(layer).output for layer in taps]
+    return feature_pyramid(trunk.input, bottom_up, channels, name=f"{name}_backbone"), (4, 8, 16, 32, 64), mode
+
+
+def feature_strides(model, image_size):
+    """Strides of a backbone's output maps (a map, a list or a dict of maps), finest first, from their static
+    sizes: the powers of two ``s`` with ``ceil(size / s)`` equal to the map's size."""
+    outputs = model.output
+    if isinstance(outputs, dict):
+        outputs = list(outputs.values())
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    strides = []
+    for output in sorted(outputs, key=lambda o: -int(o.shape[1])):
+        size = (int(output.shape[1]), int(output.shape[2]))
+        matches = [2 ** k for k in range(12)
+                   if (-(-image_size[0] // 2 ** k), -(-image_size[1] // 2 ** k)) == size]
+        if not matches:
+            raise ValueError(f"a backbone output of size {size} is no power-of-two stride of {image_size}")
+        strides.append(matches[0])
+    return tuple(strides)
+
+
 def build_backbone(backbone, image_size, weights=None, stride=None, freeze_layers=0):
     """Builds a backbone.
 
@@ -86,15 +137,21 @@ def build_backbone(backbone, image_size, weights=None, stride=None, freeze_layer
       freeze_layers: the first this many backbone layers are made non-trainable.
 
     Returns:
-      ``(model, stride, preprocessing_mode)``.
+      ``(model, strides, preprocessing_mode)``: ``strides`` one per output map, finest first (one entry for a
+      single map).
     """
     image_size = validate_image_size(image_size)
+    strides = None
     if isinstance(backbone, keras.Model):
-        if stride is None:
-            raise ValueError("a custom backbone model needs its stride: pass backbone_stride=")
         if weights is not None:
             raise ValueError("weights= applies to built-in backbones; load weights into your model yourself")
         model, mode = backbone, "none"
+        if isinstance(model.output, (dict, list, tuple)):
+            strides = feature_strides(model, image_size)
+        elif stride is None:
+            raise ValueError("a custom backbone model with one output map needs its stride: pass backbone_stride=")
+    elif isinstance(backbone, str) and backbone in FPN_BACKBONES:
+        model, strides, mode = _fpn_backbone(backbone, image_size, weights)
     elif isinstance(backbone, str) and backbone in BUILTIN_BACKBONES:
         builtin_stride, mode, output_layer = BUILTIN_BACKBONES[backbone]
         if backbone == "simple":
@@ -106,14 +163,13 @@ def build_backbone(backbone, image_size, weights=None, stride=None, freeze_layer
             raise ValueError(f"backbone {backbone!r} has stride {builtin_stride}, not {stride}")
         else:
             stride = builtin_stride
-            application = {"vgg16": keras.applications.VGG16, "resnet50": keras.applications.ResNet50,
-                           "mobilenet_v2": keras.applications.MobileNetV2}[backbone]
-            full = application(include_top=False, weights=weights, input_shape=(*image_size, 3))
+            full = _application(backbone, image_size, weights)
             model = keras.Model(full.input, full.get_layer(output_layer).output, name=f"{backbone}_backbone")
     else:
-        raise ValueError(f"backbone must be one of {sorted(BUILTIN_BACKBONES)} or a keras.Model, got {backbone!r}")
+        raise ValueError(f"backbone must be one of {sorted(BUILTIN_BACKBONES) + sorted(FPN_BACKBONES)} or a "
+                         f"keras.Model, got {backbone!r}")
     if freeze_layers < 0:
         raise ValueError(f"freeze_layers must be >= 0, got {freeze_layers}")
     for layer in model.layers[:freeze_layers]:
         layer.trainable = False
-    return model, int(stride), mode
+    return model, strides or (int(stride),), mode

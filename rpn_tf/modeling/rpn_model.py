@@ -10,13 +10,16 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from rpn_tf.config import DEFAULT_IMAGE_SIZE, AnchorConfig, ProposalConfig, TargetConfig, config_from_kwargs, \
-    config_to_dict, validate_image_size
+from rpn_tf.config import DEFAULT_IMAGE_SIZE, AnchorConfig, MultiLevelAnchorConfig, ProposalConfig, TargetConfig, \
+    as_anchor_config, as_resize_config, config_from_kwargs, config_to_dict, validate_image_size
 from rpn_tf.data.encoder import RpnTargetEncoder
+from rpn_tf.data.resize import resize_to_canvas
 from rpn_tf.modeling.backbones import ImagePreprocessing, build_backbone
 from rpn_tf.modeling.head import RpnHead
 from rpn_tf.modeling.losses import global_sum, rpn_loss_sums
 from rpn_tf.modeling.metrics import ProposalRecall, RatioMean
+from rpn_tf.ops.anchors import anchors_per_level
+from rpn_tf.ops.box_ops import clip_boxes
 from rpn_tf.ops.proposals import generate_proposals
 
 TARGET_KEYS = ("rpn_labels", "rpn_deltas")
@@ -25,10 +28,13 @@ TARGET_KEYS = ("rpn_labels", "rpn_deltas")
 @keras.saving.register_keras_serializable(package="rpn_tf")
 class RPNModel(keras.Model):
     """Region Proposal Network: backbone → ``RpnHead`` (3×3 conv, sibling 1×1 convs), outputs in the encoder's
-    anchor order.
+    anchor order. With a pyramid backbone (FPN) one head is shared by every level (the FPN paper) and the levels'
+    outputs are concatenated in anchor order (level, row, column, anchor).
 
-    ``call(images)`` takes ``[B, H, W, 3]`` images with 0–255 values (any dtype; the backbone's preprocessing is
-    inside) and returns ``{"objectness_logits": [B, A], "box_deltas": [B, A, 4]}`` in float32.
+    ``call(images)`` takes ``[B, H, W, 3]`` canvas images with 0–255 values (any dtype; the backbone's
+    preprocessing is inside) and returns ``{"objectness_logits": [B, A], "box_deltas": [B, A, 4]}`` in float32.
+    ``predict`` takes *raw* images of any size (``[B, H0, W0, 3]``, one size per batch), resizes them by the
+    ``resize`` policy and returns proposals in each image's own pixels, as the exported SavedModel does.
 
     Training data for ``fit`` / ``evaluate``: ``(images, targets)`` where ``targets`` holds either
     ``rpn_labels`` and ``rpn_deltas`` (from ``ds.map(RpnTargetEncoder(...))``), or only padded ``gt_boxes``
@@ -37,40 +43,39 @@ class RPNModel(keras.Model):
     every step (``fit``, ``evaluate``, ``predict``) compiles whole under XLA (``ProposalConfig.nms="padded"``).
 
     Args:
-      image_size: ``(height, width)`` of the input.
-      anchor_config: a single-level ``AnchorConfig`` (defaults: the article's).
-      backbone: ``"vgg16"`` (default), ``"resnet50"``, ``"mobilenet_v2"``, ``"simple"`` or a ``keras.Model``.
-      backbone_stride: required for a user backbone.
+      image_size: ``(height, width)`` of the network's input canvas.
+      anchor_config: ``AnchorConfig`` (default for one feature map: the article's) or ``MultiLevelAnchorConfig``
+        (default for a pyramid: ``MultiLevelAnchorConfig.fpn`` at the backbone's strides, 32–512 px).
+      backbone: ``"vgg16"`` (default), ``"resnet50"``, ``"mobilenet_v2"``, ``"simple"``, the pyramids
+        ``"resnet50_fpn"``, ``"mobilenet_v2_fpn"``, ``"simple_fpn"``, or a ``keras.Model`` (one map, or a dict /
+        list of maps).
+      backbone_stride: required for a user backbone with one output map.
       weights: ``None``, ``"imagenet"`` or a weights-file path (built-in ``keras.applications`` backbones).
       freeze_backbone_layers: the first N backbone layers are not trained.
       preprocessing: override of the backbone's input preprocessing (``"caffe"``, ``"tf"``, ``"unit"``,
         ``"none"``).
-      head_channels: channels of the 3×3 conv (512).
+      head_channels: channels of the 3×3 conv; default 512 (the article's) for one feature map, the pyramid's
+        channels for several (detectron2's ``StandardRPNHead``).
       box_loss_weight: weight of the box loss in ``loss`` (1).
       smooth_l1_beta: smooth-L1 transition point (1/9).
       target_encoder_config: ``TargetConfig`` (or a dict of its fields, ``delta_weights`` accepted) for the
         model's ``RpnTargetEncoder``; its ``box_coder`` also decodes the predictions into proposals.
-      proposal_config: ``ProposalConfig`` (or a dict) for ``predict_step`` and recall.
+      proposal_config: ``ProposalConfig`` (or a dict) for ``predict_step`` and recall; default the article's for
+        one feature map, ``ProposalConfig.fpn()`` (detectron2's per-level counts) for a pyramid.
       recall_top_n: N of the recall metric (300).
+      resize: ``ResizeConfig`` or a policy name (``"letterbox"`` default, ``"stretch"``, ``"shorter_side"``): how
+        ``target_encoder`` and ``predict`` put images of any size on the canvas.
     """
 
     def __init__(self, image_size=DEFAULT_IMAGE_SIZE, anchor_config=None, backbone="vgg16", backbone_stride=None,
-                 weights=None, freeze_backbone_layers=0, preprocessing=None, head_channels=512,
+                 weights=None, freeze_backbone_layers=0, preprocessing=None, head_channels=None,
                  box_loss_weight=1.0, smooth_l1_beta=1.0 / 9.0, target_encoder_config=None, proposal_config=None,
-                 recall_top_n=300, **kwargs):
+                 recall_top_n=300, resize=None, **kwargs):
         super().__init__(**kwargs)
         self.image_size = validate_image_size(image_size)
-        if isinstance(anchor_config, dict):
-            anchor_config = AnchorConfig(**anchor_config)
-        self.anchor_config = anchor_config if anchor_config is not None else AnchorConfig()
-        if not isinstance(self.anchor_config, AnchorConfig):
-            raise ValueError("RPNModel supports a single-level AnchorConfig (one feature map)")
+        self.resize = as_resize_config(resize)
         target_config = target_encoder_config if isinstance(target_encoder_config, TargetConfig) else \
             config_from_kwargs(TargetConfig, None, target_encoder_config)
-        self.proposal_config = config_from_kwargs(ProposalConfig, proposal_config)
-        # tf.image.combined_non_max_suppression has no XLA kernel: with nms="combined" Keras runs the steps without
-        # XLA (jit_compile=True then warns and falls back).
-        self.supports_jit = self.proposal_config.nms != "combined"
         self.box_loss_weight = float(box_loss_weight)
         self.smooth_l1_beta = float(smooth_l1_beta)
         self.recall_top_n = int(recall_top_n)
@@ -78,23 +83,43 @@ class RPNModel(keras.Model):
 
         if isinstance(backbone, dict):  # from get_config
             backbone = keras.saving.deserialize_keras_object(backbone)
-        if backbone == "simple" and backbone_stride is None:
-            backbone_stride = self.anchor_config.stride  # the small backbone is built for the anchors' stride
-        self.backbone, stride, mode = build_backbone(backbone, self.image_size, weights, backbone_stride,
-                                                     self.freeze_backbone_layers)
+        if isinstance(anchor_config, dict):
+            anchor_config = MultiLevelAnchorConfig(tuple(AnchorConfig(**level) for level in anchor_config["levels"])) \
+                if "levels" in anchor_config else AnchorConfig(**anchor_config)
+        if backbone == "simple" and backbone_stride is None:  # the small backbone is built for the anchors' stride
+            backbone_stride = (anchor_config or AnchorConfig()).stride
+        self.backbone, strides, mode = build_backbone(backbone, self.image_size, weights, backbone_stride,
+                                                      self.freeze_backbone_layers)
         self.backbone_name = backbone if isinstance(backbone, str) else None
-        self.backbone_stride = stride
-        if stride != self.anchor_config.stride:
-            raise ValueError(f"the backbone's stride is {stride} but anchor_config.stride is "
-                             f"{self.anchor_config.stride}")
-        feature_shape = tuple(self.backbone.output.shape[1:3])
-        expected = self.anchor_config.feature_map_size(self.image_size)
-        if feature_shape != expected:
-            raise ValueError(f"the backbone maps {self.image_size} to a {feature_shape} feature map but the anchors "
-                             f"need {expected} (ceil(size / stride)); use an image size divisible by {stride}")
+        self.backbone_strides = strides
+        if anchor_config is None:
+            anchor_config = AnchorConfig() if len(strides) == 1 else MultiLevelAnchorConfig.fpn(strides)
+        self.anchor_config = as_anchor_config(anchor_config)
+        levels = self.anchor_config.levels
+        if tuple(level.stride for level in levels) != strides:
+            raise ValueError(f"the backbone's feature strides are {strides} but the anchor levels' strides are "
+                             f"{tuple(level.stride for level in levels)}")
+        if len({level.num_anchors_per_location for level in levels}) != 1:
+            raise ValueError("every anchor level needs the same number of anchors per location (one shared head)")
+        outputs = self._feature_list(self.backbone.output)
+        for level, output in zip(levels, outputs):
+            expected = level.feature_map_size(self.image_size)
+            if tuple(output.shape[1:3]) != expected:
+                raise ValueError(f"the backbone maps {self.image_size} to a {tuple(output.shape[1:3])} feature map at "
+                                 f"stride {level.stride} but the anchors need {expected} (ceil(size / stride))")
+        if proposal_config is None and len(levels) > 1:
+            proposal_config = ProposalConfig.fpn()
+        self.proposal_config = config_from_kwargs(ProposalConfig, proposal_config)
+        # tf.image.combined_non_max_suppression has no XLA kernel: with nms="combined" Keras runs the steps without
+        # XLA (jit_compile=True then warns and falls back).
+        self.supports_jit = self.proposal_config.nms != "combined"
+        self.level_sizes = anchors_per_level(self.image_size, self.anchor_config)
         self.preprocessing = ImagePreprocessing(preprocessing or mode, name="preprocessing")
-        self.head = RpnHead(self.anchor_config.num_anchors_per_location, head_channels, name="rpn_head")
-        self.target_encoder = RpnTargetEncoder(self.image_size, self.anchor_config, target_config)
+        if head_channels is None:
+            head_channels = 512 if len(levels) == 1 else int(outputs[0].shape[-1])
+        self.head = RpnHead(levels[0].num_anchors_per_location, head_channels, name="rpn_head")
+        self.target_encoder = RpnTargetEncoder(self.image_size, self.anchor_config, target_config,
+                                               resize=self.resize)
         self.num_anchors = self.target_encoder.num_anchors
 
         self.loss_tracker = RatioMean(name="loss")
@@ -105,10 +130,24 @@ class RPNModel(keras.Model):
         # Built at construction (shapes are static), so load_weights works on a fresh model.
         self.build()
 
+    @staticmethod
+    def _feature_list(features):
+        """The backbone's output as a list of maps, finest first (a dict's levels sorted by size)."""
+        if isinstance(features, dict):
+            features = list(features.values())
+        if not isinstance(features, (list, tuple)):
+            return [features]
+        return sorted(features, key=lambda feature: -int(feature.shape[1]))
+
+    @property
+    def backbone_stride(self) -> int:
+        """The stride of a single-level backbone (the finest level's for a pyramid)."""
+        return self.backbone_strides[0]
+
     def build(self, input_shape=None):
         """Builds every layer from the static input size (``input_shape`` is implied by ``image_size``)."""
         self.preprocessing.build((None, *self.image_size, 3))
-        self.head.build(tuple(self.backbone.output.shape))
+        self.head.build(tuple(self._feature_list(self.backbone.output)[0].shape))
         self.built = True
 
     @property
@@ -121,8 +160,10 @@ class RPNModel(keras.Model):
         return self.target_encoder.anchors
 
     def call(self, images, training=None):
-        features = self.backbone(self.preprocessing(images), training=training)
-        logits, deltas = self.head(features)
+        features = self._feature_list(self.backbone(self.preprocessing(images), training=training))
+        outputs = [self.head(feature) for feature in features]  # one shared head, level by level
+        logits = keras.ops.concatenate([logits for logits, _ in outputs], axis=1)
+        deltas = keras.ops.concatenate([deltas for _, deltas in outputs], axis=1)
         return {"objectness_logits": keras.ops.cast(logits, "float32"),
                 "box_deltas": keras.ops.cast(deltas, "float32")}
 
@@ -145,7 +186,8 @@ class RPNModel(keras.Model):
             if "gt_boxes" not in targets:
                 raise ValueError(f"targets need {TARGET_KEYS} or 'gt_boxes'; got {sorted(targets)}")
             # Labels on the accelerator: the same ops as the tf.data path, batched.
-            targets = {**targets, **self.target_encoder.encode(targets["gt_boxes"])}
+            targets = {**targets, **self.target_encoder.encode(targets["gt_boxes"],
+                                                               valid_sizes=targets.get("valid_size"))}
         return images, targets
 
     def _rpn_losses(self, targets, outputs):
@@ -187,12 +229,13 @@ class RPNModel(keras.Model):
         outputs = self(images, training=False)
         self._rpn_losses(targets, outputs)
         if "gt_boxes" in targets:
-            proposals = self.propose(outputs, training=False)
+            proposals = self.propose(outputs, training=False, valid_sizes=targets.get("valid_size"))
             self.recall_metric.update_state(targets["gt_boxes"], proposals["boxes"], proposals["num_proposals"])
         return self._logs()
 
-    def propose(self, outputs, training=False, proposal_config=None):
-        """Proposals (``generate_proposals``) from ``call``'s outputs, decoded with the targets' ``BoxCoder``.
+    def propose(self, outputs, training=False, proposal_config=None, valid_sizes=None):
+        """Proposals (``generate_proposals``) from ``call``'s outputs, decoded with the targets' ``BoxCoder``, in
+        canvas pixels, clipped to ``valid_sizes`` (``[B, 2]``, each image's unpadded part) when given.
 
         ``nms="auto"`` resolves to the XLA-compilable padded NMS when this model's steps are compiled with XLA.
         """
@@ -200,25 +243,54 @@ class RPNModel(keras.Model):
         if config.nms == "auto":
             config = dataclasses.replace(config, nms="padded" if self.jit_compile else "combined")
         return generate_proposals(self.anchors, outputs["objectness_logits"], outputs["box_deltas"],
-                                  self.image_size, config, training=training, box_coder=self.target_encoder.box_coder)
+                                  self.image_size, config, training=training, box_coder=self.target_encoder.box_coder,
+                                  valid_sizes=valid_sizes, level_sizes=self.level_sizes)
+
+    def to_canvas(self, images):
+        """Raw images ``[B, H0, W0, 3]`` (one size) → ``(canvas [B, H, W, 3], image_scale [B, 2], valid_size [B, 2],
+        original_size [B, 2])`` by the ``resize`` policy (the encoder's function)."""
+        canvas, scale, valid_size = resize_to_canvas(images, self.image_size, self.resize)
+        batch = tf.shape(images)[:1]
+        original_size = tf.cast(tf.shape(images)[1:3], tf.float32)
+        return (canvas, tf.tile(scale[None], tf.concat([batch, [1]], 0)),
+                tf.tile(tf.cast(valid_size, tf.float32)[None], tf.concat([batch, [1]], 0)),
+                tf.tile(original_size[None], tf.concat([batch, [1]], 0)))
+
+    def proposals_in_original_pixels(self, canvas, image_scale, valid_size, original_size):
+        """Proposals of canvas images mapped back to each original image's pixels (clipped to it).
+
+        Args: ``canvas`` ``[B, H, W, 3]``; float32 ``[B, 2]`` ``image_scale``, ``valid_size``, ``original_size``.
+
+        Returns:
+          dict: ``proposal_boxes`` ``[B, N, 4]`` yxyx original pixels (zeros past ``num_proposals``),
+          ``proposal_scores`` ``[B, N]``, ``num_proposals`` ``[B]``, ``image_scale`` ``[B, 2]`` and the network's
+          ``objectness_logits`` / ``box_deltas``.
+        """
+        outputs = self(canvas, training=False)
+        proposals = self.propose(outputs, training=False, valid_sizes=valid_size)
+        boxes = proposals["boxes"] / tf.concat([image_scale, image_scale], axis=1)[:, None, :]
+        boxes = clip_boxes(boxes, original_size)
+        valid = tf.range(tf.shape(boxes)[1])[None, :] < proposals["num_proposals"][:, None]
+        return {"proposal_boxes": tf.where(valid[..., None], boxes, 0.0), "proposal_scores": proposals["scores"],
+                "num_proposals": proposals["num_proposals"], "image_scale": image_scale, **outputs}
 
     def predict_step(self, data):
+        """Raw images ``[B, H0, W0, 3]`` of any size (or ``{"image": ...}``) → proposals in their own pixels."""
         images = data[0] if isinstance(data, (tuple, list)) else data
         if isinstance(images, dict):
             images = images["image"]
-        outputs = self(images, training=False)
-        proposals = self.propose(outputs, training=False)
-        return {"proposal_boxes": proposals["boxes"], "proposal_scores": proposals["scores"],
-                "num_proposals": proposals["num_proposals"], **outputs}
+        return self.proposals_in_original_pixels(*self.to_canvas(images))
 
     def get_config(self):
         config = super().get_config()
         backbone = self.backbone_name or keras.saving.serialize_keras_object(self.backbone)
-        anchors = self.anchor_config
+        levels = [{"stride": level.stride, "scales": list(level.scales), "ratios": list(level.ratios)}
+                  for level in self.anchor_config.levels]
         config.update(
             image_size=list(self.image_size),
-            anchor_config={"stride": anchors.stride, "scales": list(anchors.scales), "ratios": list(anchors.ratios)},
-            backbone=backbone, backbone_stride=self.backbone_stride, weights=None,
+            anchor_config=levels[0] if isinstance(self.anchor_config, AnchorConfig) else {"levels": levels},
+            backbone=backbone, backbone_stride=self.backbone_stride if len(self.backbone_strides) == 1 else None,
+            weights=None, resize=config_to_dict(self.resize),
             freeze_backbone_layers=self.freeze_backbone_layers, preprocessing=self.preprocessing.mode,
             head_channels=self.head_channels, box_loss_weight=self.box_loss_weight,
             smooth_l1_beta=self.smooth_l1_beta, target_encoder_config=config_to_dict(self.target_encoder.config),

@@ -58,10 +58,32 @@ def generate_anchors(image_size=(800, 800), anchor_config=None) -> tf.Tensor:
 
 def num_anchors(image_size, anchor_config=None) -> int:
     """Number of anchors ``A`` that ``generate_anchors`` returns for this image size and config."""
+    return sum(anchors_per_level(image_size, anchor_config))
+
+
+def anchors_per_level(image_size, anchor_config=None) -> tuple:
+    """Number of anchors of each level, in ``generate_anchors``'s order (one entry for a single level)."""
     image_size = validate_image_size(image_size)
     config = as_anchor_config(anchor_config if anchor_config is not None else AnchorConfig())
-    total = 0
+    counts = []
     for level in config.levels:
         rows, cols = level.feature_map_size(image_size)
-        total += rows * cols * level.num_anchors_per_location
-    return total
+        counts.append(rows * cols * level.num_anchors_per_location)
+    return tuple(counts)
+
+
+def anchor_cell_origins(image_size, anchor_config=None) -> np.ndarray:
+    """Top-left ``(y, x)`` of the feature cell of every anchor (``[A, 2]`` float32, ``generate_anchors``'s order).
+
+    A cell exists in an image of valid size ``(h, w)`` iff its origin is ``< (h, w)`` — which decides, for a padded
+    canvas, which anchors an unpadded image of that size would have had.
+    """
+    image_size = validate_image_size(image_size)
+    config = as_anchor_config(anchor_config if anchor_config is not None else AnchorConfig())
+    origins = []
+    for level in config.levels:
+        rows, cols = level.feature_map_size(image_size)
+        grid_y, grid_x = np.meshgrid(np.arange(rows) * level.stride, np.arange(cols) * level.stride, indexing="ij")
+        cells = np.stack([grid_y, grid_x], axis=-1).reshape(-1, 1, 2)
+        origins.append(np.repeat(cells, level.num_anchors_per_location, axis=1).reshape(-1, 2))
+    return np.concatenate(origins, axis=0).astype(np.float32)

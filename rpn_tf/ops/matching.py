@@ -86,15 +86,24 @@ class AnchorMatcher:
     IoU > 0) → 1; then max IoU ≥
     ``positive_iou`` → 1; the rest → -1. Anchors crossing the border by more than ``allowed_border`` are -1.
 
+    Padded images: with ``valid_sizes`` (the unpadded ``(h, w)`` of each image on the ``image_size`` canvas), the
+    border rule applies to the valid region — an anchor crossing it is -1, as is every anchor whose feature cell
+    lies in the padding (the anchors an unpadded image of that size would not have) — so a padded image is labeled
+    exactly as the same image unpadded.
+
     Args:
       anchors: ``[A, 4]`` yxyx anchors, a NumPy array or an eager tensor (they are constants of the graph).
       image_size: ``(height, width)``.
       allowed_border: see ``anchors_inside_image``.
       positive_iou, negative_iou: the thresholds (0.7, 0.3).
+      cell_origins: ``[A, 2]`` top-left of each anchor's feature cell (``anchor_cell_origins``); needed only for
+        ``valid_sizes`` with a negative ``allowed_border``.
     """
 
-    def __init__(self, anchors, image_size, allowed_border=0.0, positive_iou=0.7, negative_iou=0.3):
+    def __init__(self, anchors, image_size, allowed_border=0.0, positive_iou=0.7, negative_iou=0.3,
+                 cell_origins=None):
         anchors = np.asarray(anchors, dtype=np.float32).reshape(-1, 4)
+        self.allowed_border = float(allowed_border)
         self.num_anchors = len(anchors)
         self.positive_iou = float(positive_iou)
         self.negative_iou = float(negative_iou)
@@ -107,6 +116,8 @@ class AnchorMatcher:
         self._inside_mask = tf.constant(inside)
         self._inverse_index = tf.constant(inverse)
         self._inside_anchors = tf.constant(anchors[inside_index])
+        self._inside_cell_origins = None if cell_origins is None else \
+            tf.constant(np.asarray(cell_origins, np.float32).reshape(-1, 2)[inside_index])
 
     @property
     def inside_mask(self) -> tf.Tensor:
@@ -126,12 +137,29 @@ class AnchorMatcher:
         """IoU of every GT box with every inside anchor: float32 ``Tensor[B, G, A_in]``."""
         return iou_matrix(gt_boxes, self._inside_anchors[None])
 
-    def match_inside(self, gt_boxes, gt_valid=None):
+    def inside_valid_region(self, valid_sizes):
+        """bool ``[B, A_in]``: inside anchors that belong to the valid (unpadded) region of each image.
+
+        ``valid_sizes``: ``Tensor[B, 2]`` ``(h, w)`` of each image's unpadded part of the canvas.
+        """
+        valid_sizes = tf.cast(valid_sizes, tf.float32)
+        height, width = valid_sizes[:, 0:1], valid_sizes[:, 1:2]  # (B, 1)
+        anchors = self._inside_anchors
+        if self.allowed_border >= 0:
+            border = self.allowed_border
+            return ((anchors[None, :, 2] <= height + border) & (anchors[None, :, 3] <= width + border))
+        if self._inside_cell_origins is None:
+            raise ValueError("AnchorMatcher needs cell_origins for valid_sizes with a negative allowed_border")
+        origins = self._inside_cell_origins
+        return (origins[None, :, 0] < height) & (origins[None, :, 1] < width)
+
+    def match_inside(self, gt_boxes, gt_valid=None, valid_sizes=None):
         """Labels of the inside anchors only.
 
         Args:
           gt_boxes: float32 ``Tensor[B, G, 4]`` yxyx (G may be 0).
           gt_valid: bool ``Tensor[B, G]``; defaults to ``valid_gt_mask(gt_boxes)``.
+          valid_sizes: optional ``Tensor[B, 2]``: unpadded ``(h, w)`` of each image (see the class docstring).
 
         Returns:
           ``(labels, matched_gt_index, max_iou)``, each ``Tensor[B, A_in]`` (see ``__call__``).
@@ -139,7 +167,12 @@ class AnchorMatcher:
         gt_boxes = tf.convert_to_tensor(gt_boxes, tf.float32)
         if gt_valid is None:
             gt_valid = valid_gt_mask(gt_boxes)
-        iou = tf.where(gt_valid[:, :, None], self.inside_iou(gt_boxes), -1.0)  # (B, G, A_in)
+        usable = gt_valid[:, :, None]
+        anchor_valid = None
+        if valid_sizes is not None:
+            anchor_valid = self.inside_valid_region(valid_sizes)  # (B, A_in)
+            usable &= anchor_valid[:, None, :]
+        iou = tf.where(usable, self.inside_iou(gt_boxes), -1.0)  # (B, G, A_in); -1: not usable
         matched_gt_index, best_iou = best_gt_match(iou, gt_axis=1)  # (B, A_in); -1 without valid GT
         max_iou = tf.maximum(best_iou, 0.0)
 
@@ -148,14 +181,19 @@ class AnchorMatcher:
         gt_best_iou = tf.reduce_max(iou, axis=2, keepdims=True)  # (B, G, 1); -1 for invalid GT
         forced = tf.reduce_any((iou >= gt_best_iou - TIE_TOLERANCE) & (gt_best_iou > 0.0), axis=1)  # (B, A_in)
         labels = tf.where(forced | (max_iou >= self.positive_iou), POSITIVE, labels)
+        if anchor_valid is not None:  # anchors of the padding are outside anchors
+            labels = tf.where(anchor_valid, labels, IGNORE)
+            matched_gt_index = tf.where(anchor_valid, matched_gt_index, -1)
+            max_iou = tf.where(anchor_valid, max_iou, 0.0)
         return labels, matched_gt_index, max_iou
 
-    def __call__(self, gt_boxes, gt_valid=None):
+    def __call__(self, gt_boxes, gt_valid=None, valid_sizes=None):
         """Labels every anchor.
 
         Args:
           gt_boxes: float32 ``Tensor[B, G, 4]`` yxyx (G may be 0).
           gt_valid: bool ``Tensor[B, G]``; defaults to ``valid_gt_mask(gt_boxes)``.
+          valid_sizes: optional ``Tensor[B, 2]`` unpadded ``(h, w)`` per image.
 
         Returns:
           labels: int32 ``Tensor[B, A]`` in {1, 0, -1}.
@@ -164,7 +202,7 @@ class AnchorMatcher:
             and images without valid GT.
           max_iou: float32 ``Tensor[B, A]``: that highest IoU (0 where there is none).
         """
-        labels, matched_gt_index, max_iou = self.match_inside(gt_boxes, gt_valid)
+        labels, matched_gt_index, max_iou = self.match_inside(gt_boxes, gt_valid, valid_sizes)
         return (self.scatter_to_all(labels, IGNORE), self.scatter_to_all(matched_gt_index, -1),
                 self.scatter_to_all(max_iou, 0.0))
 

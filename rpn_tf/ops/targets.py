@@ -21,12 +21,14 @@ class RpnTargetAssigner:
       anchors: ``[A, 4]`` yxyx anchors, NumPy or eager (constants of the graph).
       image_size: ``(height, width)`` of the network input (for the cross-boundary rule).
       config: ``TargetConfig``; its thresholds, sampling, ``box_coder`` and ``seed`` are used here.
+      cell_origins: ``[A, 2]`` feature-cell origins of the anchors (``anchor_cell_origins``), for padded images
+        with a negative ``allowed_border``.
     """
 
-    def __init__(self, anchors, image_size, config: TargetConfig):
+    def __init__(self, anchors, image_size, config: TargetConfig, cell_origins=None):
         self.config = config
         self.matcher = AnchorMatcher(anchors, image_size, config.allowed_border, config.positive_iou,
-                                     config.negative_iou)
+                                     config.negative_iou, cell_origins)
         # Per inside anchor: (centre y, centre x, log h, log w) and (wy / h, wx / w, wh, ww), as constants.
         self._anchor_constants = config.box_coder.anchor_constants(self.matcher.inside_anchors.numpy())
         # Unseeded sampling draws from a stateful generator: new samples on every pass over a dataset.
@@ -38,12 +40,13 @@ class RpnTargetAssigner:
             return random_seeds(tf.shape(gt_boxes)[0], self._generator)
         return content_seeds(self.config.seed, gt_boxes)
 
-    def inside_targets(self, gt_boxes):
+    def inside_targets(self, gt_boxes, valid_sizes=None):
         """Labels before sampling and deltas of the inside anchors: ``([B, A_in] int32, [B, A_in, 4] float32)``.
 
-        ``gt_boxes``: float32 ``[B, G, 4]`` yxyx network pixels, validated (padding rows of -1 allowed).
+        ``gt_boxes``: float32 ``[B, G, 4]`` yxyx network pixels, validated (padding rows of -1 allowed);
+        ``valid_sizes``: optional ``[B, 2]`` unpadded ``(h, w)`` of each image on the canvas.
         """
-        labels, matched_gt_index, _ = self.matcher.match_inside(gt_boxes)
+        labels, matched_gt_index, _ = self.matcher.match_inside(gt_boxes, valid_sizes=valid_sizes)
         # Deltas from per-GT terms (computed once per GT box, then gathered) and constant per-anchor terms.
         gt_terms = BoxCoder.box_terms(gt_boxes)  # (B, G, 4)
         # One spare row keeps the gather in range when G == 0; unmatched anchors never use what it returns.
@@ -53,12 +56,13 @@ class RpnTargetAssigner:
         # Unmatched anchors (and padding rows, whose log sizes are -inf) get exact zeros.
         return labels, tf.where((matched_gt_index >= 0)[..., None], deltas, 0.0)
 
-    def __call__(self, gt_boxes, seeds=None):
+    def __call__(self, gt_boxes, seeds=None, valid_sizes=None):
         """Sampled targets of every anchor.
 
         Args:
           gt_boxes: float32 ``[B, G, 4]`` yxyx network pixels, validated (padding rows of -1 allowed).
           seeds: int ``[B, 2]`` stateless seeds; default ``self.seeds(gt_boxes)``.
+          valid_sizes: optional ``[B, 2]`` unpadded ``(h, w)`` per image: anchors of the padding are -1.
 
         Returns:
           dict: ``rpn_labels`` int32 ``[B, A]`` in {1, 0, -1} (sampled) and ``rpn_deltas`` float32 ``[B, A, 4]``
@@ -66,7 +70,7 @@ class RpnTargetAssigner:
         """
         seeds = self.seeds(gt_boxes) if seeds is None else tf.reshape(tf.cast(seeds, tf.int64), [-1, 2])
         # Everything runs on the inside anchors only; outside anchors get -1 and zero deltas.
-        labels, deltas = self.inside_targets(gt_boxes)
+        labels, deltas = self.inside_targets(gt_boxes, valid_sizes)
         sampled = sample_balanced(labels, seeds, self.config.samples_per_image, self.config.positive_fraction)
         return {"rpn_labels": self.matcher.scatter_to_all(sampled, IGNORE),
                 "rpn_deltas": self.matcher.scatter_to_all(deltas, 0.0)}

@@ -8,19 +8,20 @@ Signatures (batch size ``None`` everywhere):
                        ``[B, M, 4]`` (padded with -1), ``gt_classes`` int32 ``[B, M]`` → the ``RoiSampler``'s outputs.
 Image signatures return ``proposal_boxes`` float32 ``[B, N, 4]`` yxyx in the *original* image's pixels (zeros past
 ``num_proposals``), ``proposal_scores`` ``[B, N]``, ``num_proposals`` int32 ``[B]`` and ``image_scale`` float32
-``[B, 2]`` (network size / original size, ``(sy, sx)``). Resizing is ``rpn_tf.data.resize.resize_image``, the
-encoder's, so served pixels equal training pixels.
+``[B, 2]`` (canvas pixels per original pixel, ``(sy, sx)``). Resizing is the model's ``resize`` policy through
+``rpn_tf.data.resize.resize_to_canvas`` — the encoder's function, so served pixels equal training pixels — and the
+proposals come from ``RPNModel.proposals_in_original_pixels``, as ``model.predict``'s do.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
-from rpn_tf.data.resize import resize_image
-from rpn_tf.ops.box_ops import clip_boxes
+from rpn_tf.data.resize import resize_to_canvas
 from rpn_tf.ops.roi_sampling import RoiSampler
 
 IMAGE_SIGNATURES = ("serving_default", "image_tensor", "tf_example")
+IMAGE_OUTPUTS = ("proposal_boxes", "proposal_scores", "num_proposals", "image_scale")
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")
 
 
@@ -53,17 +54,9 @@ class RpnServingModule:
         self.roi_sampler = roi_sampler or RoiSampler(seed=0)
         self.image_size = tuple(model.image_size)
 
-    def _infer(self, images, original_sizes):
-        """``images`` ``[B, H, W, 3]`` at the model size; ``original_sizes`` float32 ``[B, 2]``."""
-        outputs = self.model(images, training=False)
-        proposals = self.model.propose(outputs, training=False)
-        scale = tf.constant(self.image_size, tf.float32)[None, :] / original_sizes  # (B, 2): (sy, sx)
-        boxes = proposals["boxes"] / tf.concat([scale, scale], axis=1)[:, None, :]
-        boxes = clip_boxes(boxes, original_sizes)
-        valid = tf.range(tf.shape(boxes)[1])[None, :] < proposals["num_proposals"][:, None]
-        return {"proposal_boxes": tf.where(valid[..., None], boxes, 0.0),
-                "proposal_scores": proposals["scores"], "num_proposals": proposals["num_proposals"],
-                "image_scale": scale}
+    def _infer(self, canvas, image_scale, valid_size, original_size):
+        outputs = self.model.proposals_in_original_pixels(canvas, image_scale, valid_size, original_size)
+        return {key: outputs[key] for key in IMAGE_OUTPUTS}
 
     def _decode_and_infer(self, encoded, input_name):
         with tf.control_dependencies(check_encoded_images(encoded, input_name)):
@@ -71,21 +64,18 @@ class RpnServingModule:
 
         def decode(data):
             image = tf.io.decode_image(data, channels=3, expand_animations=False)
-            resized, _ = resize_image(image, self.image_size)
-            return resized, tf.cast(tf.shape(image)[:2], tf.float32)
+            canvas, scale, valid_size = resize_to_canvas(image, self.image_size, self.model.resize)
+            return canvas, scale, tf.cast(valid_size, tf.float32), tf.cast(tf.shape(image)[:2], tf.float32)
 
-        images, sizes = tf.map_fn(decode, encoded, fn_output_signature=(
-            tf.TensorSpec([*self.image_size, 3], tf.uint8), tf.TensorSpec([2], tf.float32)))
-        return self._infer(images, sizes)
+        vector = tf.TensorSpec([2], tf.float32)
+        return self._infer(*tf.map_fn(decode, encoded, fn_output_signature=(
+            tf.TensorSpec([*self.image_size, 3], tf.uint8), vector, vector, vector)))
 
     def serve_encoded_images(self, encoded_images):
         return self._decode_and_infer(encoded_images, "encoded_images")
 
     def serve_image_tensor(self, images):
-        size = tf.cast(tf.shape(images)[1:3], tf.float32)
-        sizes = tf.tile(size[None, :], [tf.shape(images)[0], 1])
-        resized, _ = resize_image(images, self.image_size)
-        return self._infer(resized, sizes)
+        return self._infer(*self.model.to_canvas(images))
 
     def serve_tf_example(self, serialized_examples):
         features = tf.io.parse_example(serialized_examples,

@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 
 import rpn_tf
-from helpers import random_boxes, tiny_encoder
+from helpers import IMAGE_SIZE, random_boxes, tiny_encoder
 
 
 def test_zero_gt_gives_negatives_and_no_nan(encoder):
@@ -85,8 +85,11 @@ def make_dataset(num_images=6, image_size=(400, 600)):
     return dataset, images, boxes
 
 
-def test_dataset_map_batch_shapes(encoder):
-    dataset, _, boxes = make_dataset()
+@pytest.mark.parametrize("policy,scale,valid_size", [("stretch", (2, 800 / 600), (800, 800)),
+                                                     ("letterbox", (800 / 600, 800 / 600), (533, 800))])
+def test_dataset_map_batch_shapes(policy, scale, valid_size):
+    encoder = rpn_tf.RpnTargetEncoder(IMAGE_SIZE, seed=7, resize=policy)
+    dataset, originals, boxes = make_dataset()
     batched = dataset.map(encoder, num_parallel_calls=tf.data.AUTOTUNE).batch(4)
     assert batched.element_spec[0].shape.as_list() == [None, 800, 800, 3]
     images, targets = next(iter(batched))
@@ -96,9 +99,15 @@ def test_dataset_map_batch_shapes(encoder):
     assert targets["gt_boxes"].shape == (4, 100, 4)
     assert targets["gt_classes"].shape == (4, 100)
     np.testing.assert_array_equal(targets["num_boxes"].numpy(), [0, 1, 2, 3])
-    # Boxes are scaled from 400×600 to 800×800 and padded with -1.
-    np.testing.assert_allclose(targets["gt_boxes"].numpy()[3, :3], boxes[3] * [2, 800 / 600, 2, 800 / 600],
-                               rtol=1e-5)
+    # Boxes are scaled from 400×600 onto the 800×800 canvas and padded with -1.
+    np.testing.assert_allclose(targets["image_scale"].numpy()[0], scale, rtol=2e-3)
+    np.testing.assert_array_equal(targets["valid_size"].numpy()[0], valid_size)
+    np.testing.assert_allclose(targets["gt_boxes"].numpy()[3, :3],
+                               boxes[3] * np.tile(targets["image_scale"].numpy()[3], 2), rtol=1e-5)
+    # The padding is zeros; the valid part is the resized image.
+    assert not images.numpy()[:, valid_size[0]:].any() and not images.numpy()[:, :, valid_size[1]:].any()
+    resized = tf.image.resize(originals[0], valid_size)
+    np.testing.assert_allclose(images.numpy()[0, :valid_size[0], :valid_size[1]], np.round(resized.numpy()), atol=1)
     assert np.all(targets["gt_boxes"].numpy()[3, 3:] == -1)
     np.testing.assert_array_equal(targets["gt_classes"].numpy()[3], [1, 1, 1] + [-1] * 97)
 
@@ -106,7 +115,8 @@ def test_dataset_map_batch_shapes(encoder):
 def test_dataset_targets_equal_encode_of_resized_boxes(encoder):
     dataset, _, _ = make_dataset(num_images=4)
     for image, targets in dataset.map(encoder):
-        direct = encoder.encode(targets["gt_boxes"])  # same padded boxes → same seed → same sample
+        # same padded boxes → same seed → same sample
+        direct = encoder.encode(targets["gt_boxes"], valid_sizes=targets["valid_size"])
         np.testing.assert_array_equal(direct["rpn_labels"].numpy(), targets["rpn_labels"].numpy())
         np.testing.assert_allclose(direct["rpn_deltas"].numpy(), targets["rpn_deltas"].numpy(), atol=1e-6)
 
@@ -114,7 +124,7 @@ def test_dataset_targets_equal_encode_of_resized_boxes(encoder):
 def test_batched_encode_equals_per_example(encoder):
     dataset, _, _ = make_dataset()
     per_example = list(dataset.map(encoder).batch(6))[0][1]
-    batched = encoder.encode(per_example["gt_boxes"])
+    batched = encoder.encode(per_example["gt_boxes"], valid_sizes=per_example["valid_size"])
     np.testing.assert_array_equal(batched["rpn_labels"].numpy(), per_example["rpn_labels"].numpy())
     np.testing.assert_allclose(batched["rpn_deltas"].numpy(), per_example["rpn_deltas"].numpy(), atol=1e-6)
 
@@ -138,7 +148,7 @@ def test_seeded_passes_identical_unseeded_vary():
 
 def test_dict_input_with_classes_and_formats():
     encoder = rpn_tf.RpnTargetEncoder((64, 64), rpn_tf.AnchorConfig(stride=16, scales=(2,)), box_format="xyxy",
-                                      normalized_boxes=True, max_boxes=4)
+                                      normalized_boxes=True, max_boxes=4, resize="stretch")
     image = tf.zeros([32, 16, 1], tf.uint8)  # grayscale, resized to 64×64
     element = {"image": image, "boxes": tf.constant([[0.25, 0.5, 0.75, 1.0]]), "classes": tf.constant([3])}
     out_image, targets = encoder(element)

@@ -181,3 +181,12 @@ def test_builtin_application_backbones_build_offline():
     assert not any(layer.trainable for layer in model.backbone.layers[:5])
     vgg = rpn_tf.RPNModel((64, 64), ANCHORS, backbone="vgg16", head_channels=8)
     assert vgg.backbone.output.shape[-1] == 512
+
+
+@pytest.mark.parametrize("backbone,channels", [("resnet50_fpn", 256), ("mobilenet_v2_fpn", 256)])
+def test_application_pyramids_build_offline(backbone, channels):
+    model = rpn_tf.RPNModel((96, 128), backbone=backbone, weights=None, head_channels=8)
+    assert model.backbone_strides == (4, 8, 16, 32, 64)
+    assert [tuple(output.shape[1:]) for output in model.backbone.output] == [
+        (24, 32, channels), (12, 16, channels), (6, 8, channels), (3, 4, channels), (2, 2, channels)]
+    assert model(np.zeros((1, 96, 128, 3)))["objectness_logits"].shape == (1, model.num_anchors)

@@ -76,3 +76,26 @@ def test_labels_and_deltas_agree_with_numpy_reference(encoder, num_boxes):
         np.testing.assert_array_equal(matched.numpy(), expected_matched)
         deltas = encoder.encode(gt)["rpn_deltas"].numpy()
         np.testing.assert_allclose(deltas, deltas_np(anchors, gt, expected_matched), atol=2e-4)
+
+
+@pytest.mark.parametrize("allowed_border", [0.0, -1.0])
+def test_padded_image_labels_like_the_unpadded_image(allowed_border):
+    """A 400×200 image letterboxed into 400×400 labels exactly like the same image at 400×200 (NumPy reference),
+    anchor by anchor over the valid half; every anchor of the padding is ignored."""
+    rng = np.random.default_rng(int(allowed_border) + 7)
+    gt = random_boxes(rng, 6, image_size=(400, 200), min_size=20, max_size=180)
+    canvas = rpn_tf.RpnTargetEncoder((400, 400), allowed_border=allowed_border, resize="letterbox", seed=0)
+    image = np.zeros((400, 200, 3), np.uint8)
+    _, targets = canvas(image, gt)
+    np.testing.assert_array_equal(targets["valid_size"], [400, 200])
+    labels, matched = canvas.label_anchors(gt, valid_sizes=targets["valid_size"])
+    expected, expected_matched = label_np(anchors_np((400, 200)), gt, (400, 200), allowed_border=allowed_border)
+    # Canvas anchors: 25 × 25 cells × 9; the 400×200 image has 25 × 13 cells × 9, at the same positions.
+    labels = labels.numpy().reshape(25, 25, 9)
+    matched = matched.numpy().reshape(25, 25, 9)
+    np.testing.assert_array_equal(labels[:, :13].reshape(-1), expected)
+    np.testing.assert_array_equal(matched[:, :13].reshape(-1), expected_matched)
+    assert np.all(labels[:, 13:] == -1) and np.all(matched[:, 13:] == -1)
+    # The sampled targets never use an anchor of the padding.
+    sampled = targets["rpn_labels"].numpy().reshape(25, 25, 9)
+    assert np.all(sampled[:, 13:] == -1) and (sampled == 1).sum() > 0

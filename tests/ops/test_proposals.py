@@ -56,3 +56,65 @@ def test_proposals_agree_with_numpy_reference(seed, nms, jit_compile):
         assert count == len(expected_boxes)
         np.testing.assert_allclose(out["boxes"].numpy()[image, :count], expected_boxes, atol=1e-3)
         np.testing.assert_allclose(out["scores"].numpy()[image, :count], expected_scores, atol=1e-5)
+
+
+def per_level_proposals_np(anchors, logits, deltas, image_size, level_sizes, pre_nms, post_nms, nms_iou=0.7,
+                           min_size=16.0):
+    """torchvision / detectron2 rule: per level top-k, NMS within each level, the best post_nms of all levels."""
+    from reference import decode_np, iou_np
+
+    boxes = decode_np(deltas.astype(np.float64), anchors.astype(np.float64))
+    boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, image_size[0])
+    boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, image_size[1])
+    big = (boxes[:, 2] - boxes[:, 0] >= min_size) & (boxes[:, 3] - boxes[:, 1] >= min_size)
+    kept, start = [], 0
+    for size in level_sizes:
+        index = np.arange(start, start + size)
+        index = index[big[index]]
+        order = index[np.argsort(-logits[index], kind="stable")][:pre_nms]
+        level_kept = []
+        while len(order) and len(level_kept) < post_nms:
+            best = order[0]
+            level_kept.append(best)
+            rest = order[1:]
+            order = rest[iou_np(boxes[rest], boxes[best:best + 1])[:, 0] <= nms_iou]
+        kept += level_kept
+        start += size
+    kept = sorted(kept, key=lambda i: -logits[i])[:post_nms]
+    return boxes[kept], 1 / (1 + np.exp(-logits[kept]))
+
+
+@pytest.mark.parametrize("nms,jit_compile", [("combined", False), ("padded", False), ("padded", True)])
+def test_per_level_selection_agrees_with_numpy_reference(nms, jit_compile):
+    rng = np.random.default_rng(3)
+    image_size = (128, 160)
+    config = rpn_tf.MultiLevelAnchorConfig.fpn(strides=(8, 16, 32), smallest_size=24)
+    anchors = rpn_tf.generate_anchors(image_size, config)
+    level_sizes = rpn_tf.anchors_per_level(image_size, config)
+    assert sum(level_sizes) == anchors.shape[0] and len(level_sizes) == 3
+    logits = rng.normal(size=(2, anchors.shape[0])).astype(np.float32)
+    deltas = (rng.normal(size=(2, anchors.shape[0], 4)) * 0.3).astype(np.float32)
+    proposal_config = rpn_tf.ProposalConfig(pre_nms_top_k_test=100, post_nms_top_k_test=60, nms=nms, min_size=4)
+    propose = tf.function(lambda scores, boxes: rpn_tf.generate_proposals(
+                              anchors, scores, boxes, image_size, proposal_config, level_sizes=level_sizes),
+                          jit_compile=jit_compile, autograph=False)
+    out = propose(logits, deltas)
+    for image in range(2):
+        expected_boxes, expected_scores = per_level_proposals_np(anchors.numpy(), logits[image], deltas[image],
+                                                                 image_size, level_sizes, 100, 60, min_size=4)
+        count = int(out["num_proposals"][image])
+        assert count == len(expected_boxes)
+        np.testing.assert_allclose(out["scores"].numpy()[image, :count], expected_scores, atol=1e-5)
+        np.testing.assert_allclose(out["boxes"].numpy()[image, :count], expected_boxes, atol=1e-3)
+
+
+def test_proposals_clipped_to_each_valid_size():
+    anchors = rpn_tf.generate_anchors((64, 64), rpn_tf.AnchorConfig(stride=16, scales=(1.0, 2.0)))
+    logits = tf.zeros([2, anchors.shape[0]])
+    deltas = tf.zeros([2, anchors.shape[0], 4])
+    config = rpn_tf.ProposalConfig(min_size=1, nms_iou=1.0, post_nms_top_k_test=200)
+    out = rpn_tf.generate_proposals(anchors, logits, deltas, (64, 64), config, valid_sizes=[[64, 64], [40, 20]])
+    boxes = out["boxes"].numpy()[1, :int(out["num_proposals"][1])]
+    assert len(boxes) > 0 and boxes[:, 2].max() <= 40 and boxes[:, 3].max() <= 20
+    with pytest.raises(ValueError, match="level_sizes"):
+        rpn_tf.generate_proposals(anchors, logits, deltas, (64, 64), config, level_sizes=(3, 4))

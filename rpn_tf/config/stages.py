@@ -1,134 +1,20 @@
-"""Frozen configuration dataclasses, one per pipeline stage, holding the article's defaults.
-
-``AnchorConfig`` / ``MultiLevelAnchorConfig`` (anchors), ``TargetConfig`` (labeling, sampling, GT input format),
-``ProposalConfig`` (decode → NMS → top-k) and ``RoiSamplerConfig`` (second-stage ROI sampling). Every default is a
-named field so users can see and override it; the values follow the reference article (Faster R-CNN's RPN on an
-800×800 VGG16 feature map). Each config validates its fields once, in ``__post_init__``; the classes that use them
-do not check again. See ``docs/conventions.md`` for the conventions.
-"""
+"""Configs of the stages after the anchors: targets, proposals, ROI sampling."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence, Tuple, Union
+from typing import Tuple, Union
 
-from rpn_tf.config_fields import box_coder_field as _box_coder
-from rpn_tf.config_fields import config_from_kwargs, config_to_dict  # noqa: F401  (re-exported)
-from rpn_tf.config_fields import fraction_field as _fraction
-from rpn_tf.config_fields import positive_int_field as _positive_int
-from rpn_tf.config_fields import seed_field as _seed
-from rpn_tf.ops.box_coder import BBOX_XFORM_CLIP, BoxCoder  # noqa: F401  (BBOX_XFORM_CLIP re-exported)
+from rpn_tf.config.anchors import DEFAULT_RATIOS  # noqa: F401
+from rpn_tf.config.fields import box_coder_field as _box_coder
+from rpn_tf.config.fields import fraction_field as _fraction
+from rpn_tf.config.fields import positive_int_field as _positive_int
+from rpn_tf.config.fields import seed_field as _seed
+from rpn_tf.ops.box_coder import BoxCoder
 
 BOX_FORMATS = ("yxyx", "xyxy", "xywh")
 NMS_IMPLEMENTATIONS = ("auto", "padded", "combined")
-
-# Shared defaults (the article's values), named once so every stage refers to the same number.
-DEFAULT_IMAGE_SIZE = (800, 800)
-DEFAULT_STRIDE = 16
-DEFAULT_SCALES = (8.0, 16.0, 32.0)
-DEFAULT_RATIOS = (0.5, 1.0, 2.0)
-
-
-def _as_float_tuple(name: str, values) -> Tuple[float, ...]:
-    try:
-        result = tuple(float(v) for v in values)
-    except TypeError as error:
-        raise TypeError(f"{name} must be a sequence of numbers, got {values!r}") from error
-    if not result:
-        raise ValueError(f"{name} must not be empty")
-    if any(not math.isfinite(v) or v <= 0 for v in result):
-        raise ValueError(f"{name} must hold finite positive numbers, got {values!r}")
-    return result
-
-
-def validate_image_size(image_size) -> Tuple[int, int]:
-    """Returns ``image_size`` as a ``(height, width)`` tuple of positive ints or raises ``ValueError``."""
-    try:
-        height, width = image_size
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"image_size must be (height, width), got {image_size!r}") from error
-    if int(height) != height or int(width) != width or height <= 0 or width <= 0:
-        raise ValueError(f"image_size must hold two positive integers, got {image_size!r}")
-    return int(height), int(width)
-
-
-@dataclasses.dataclass(frozen=True)
-class AnchorConfig:
-    """Anchors of one feature-map level.
-
-    An anchor of scale ``s`` and ratio ``r`` (``r = h / w``) centred on feature cell ``(i, j)`` has centre
-    ``((i + 0.5) * stride, (j + 0.5) * stride)``, height ``stride * s * sqrt(r)`` and width ``stride * s / sqrt(r)``;
-    its area is ``(stride * s) ** 2`` whatever the ratio.
-
-    Attributes:
-      stride: input pixels per feature-map cell (16 for VGG16 conv5_3).
-      scales: anchor side lengths in units of ``stride`` (8, 16, 32 → 128, 256, 512 px at stride 16).
-      ratios: aspect ratios ``h / w``.
-    """
-
-    stride: int = DEFAULT_STRIDE
-    scales: Tuple[float, ...] = DEFAULT_SCALES
-    ratios: Tuple[float, ...] = DEFAULT_RATIOS
-
-    def __post_init__(self):
-        if isinstance(self.stride, bool) or int(self.stride) != self.stride or self.stride <= 0:
-            raise ValueError(f"AnchorConfig.stride must be a positive integer, got {self.stride!r}")
-        object.__setattr__(self, "stride", int(self.stride))
-        object.__setattr__(self, "scales", _as_float_tuple("AnchorConfig.scales", self.scales))
-        object.__setattr__(self, "ratios", _as_float_tuple("AnchorConfig.ratios", self.ratios))
-
-    @property
-    def levels(self) -> Tuple["AnchorConfig", ...]:
-        return (self,)
-
-    @property
-    def num_anchors_per_location(self) -> int:
-        return len(self.scales) * len(self.ratios)
-
-    def feature_map_size(self, image_size) -> Tuple[int, int]:
-        """Feature-map ``(rows, cols)`` for an input of ``image_size``: ``ceil(size / stride)``."""
-        height, width = validate_image_size(image_size)
-        return -(-height // self.stride), -(-width // self.stride)
-
-
-@dataclasses.dataclass(frozen=True)
-class MultiLevelAnchorConfig:
-    """Anchors over several feature-map levels (FPN style).
-
-    Anchors are concatenated level by level in the order given; within a level the order is the single-level
-    one (row, column, ratio-major / scale-minor).
-    """
-
-    levels: Tuple[AnchorConfig, ...]
-
-    def __post_init__(self):
-        levels = tuple(self.levels)
-        if not levels:
-            raise ValueError("MultiLevelAnchorConfig.levels must hold at least one AnchorConfig")
-        for level in levels:
-            if not isinstance(level, AnchorConfig):
-                raise TypeError(f"MultiLevelAnchorConfig.levels must hold AnchorConfig, got {type(level).__name__}")
-        object.__setattr__(self, "levels", levels)
-
-    @property
-    def num_anchors_per_location(self) -> Tuple[int, ...]:
-        return tuple(level.num_anchors_per_location for level in self.levels)
-
-
-AnyAnchorConfig = Union[AnchorConfig, MultiLevelAnchorConfig]
-
-
-def as_anchor_config(anchor_config) -> AnyAnchorConfig:
-    """Accepts an ``AnchorConfig``, a ``MultiLevelAnchorConfig`` or a sequence of ``AnchorConfig`` levels."""
-    if isinstance(anchor_config, (AnchorConfig, MultiLevelAnchorConfig)):
-        return anchor_config
-    if isinstance(anchor_config, Sequence) and not isinstance(anchor_config, str):
-        return MultiLevelAnchorConfig(tuple(anchor_config))
-    raise TypeError(
-        "anchor_config must be an AnchorConfig, a MultiLevelAnchorConfig or a sequence of AnchorConfig, "
-        f"got {type(anchor_config).__name__}"
-    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +77,8 @@ class ProposalConfig:
     """Proposal generation settings; the defaults are the article's (train) and the paper's code (test).
 
     Attributes:
-      pre_nms_top_k_train / pre_nms_top_k_test: boxes kept by score before NMS (12 000 / 6 000).
+      pre_nms_top_k_train / pre_nms_top_k_test: boxes kept by score before NMS (12 000 / 6 000); with several
+        anchor levels (FPN), per level.
       post_nms_top_k_train / post_nms_top_k_test: proposals kept after NMS (2 000 / 300).
       nms_iou: NMS IoU threshold (0.7).
       min_size: boxes with height or width below this many input pixels are dropped (16).
@@ -218,6 +105,13 @@ class ProposalConfig:
             raise ValueError(f"ProposalConfig.min_size must be a finite number >= 0, got {self.min_size!r}")
         if self.nms not in NMS_IMPLEMENTATIONS:
             raise ValueError(f"ProposalConfig.nms must be one of {NMS_IMPLEMENTATIONS}, got {self.nms!r}")
+
+    @classmethod
+    def fpn(cls, **overrides) -> "ProposalConfig":
+        """detectron2's FPN RPN counts: pre-NMS top 2 000 (train) / 1 000 (test) *per level*, post-NMS 1 000 / 1 000
+        in all; the rest as the article's. ``RPNModel`` uses it for a multi-level backbone unless told otherwise."""
+        return cls(**{"pre_nms_top_k_train": 2000, "post_nms_top_k_train": 1000, "pre_nms_top_k_test": 1000,
+                      "post_nms_top_k_test": 1000, **overrides})
 
     def top_k(self, training: bool):
         """``(pre_nms_top_k, post_nms_top_k)`` for training or test."""

@@ -1,0 +1,122 @@
+"""Anchor configs (one level, several levels) and the image-size check."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence, Tuple, Union
+
+# Shared defaults (the article's values), named once so every stage refers to the same number.
+DEFAULT_IMAGE_SIZE = (800, 800)
+DEFAULT_STRIDE = 16
+DEFAULT_SCALES = (8.0, 16.0, 32.0)
+DEFAULT_RATIOS = (0.5, 1.0, 2.0)
+
+
+def _as_float_tuple(name: str, values) -> Tuple[float, ...]:
+    try:
+        result = tuple(float(v) for v in values)
+    except TypeError as error:
+        raise TypeError(f"{name} must be a sequence of numbers, got {values!r}") from error
+    if not result:
+        raise ValueError(f"{name} must not be empty")
+    if any(not math.isfinite(v) or v <= 0 for v in result):
+        raise ValueError(f"{name} must hold finite positive numbers, got {values!r}")
+    return result
+
+
+def validate_image_size(image_size) -> Tuple[int, int]:
+    """Returns ``image_size`` as a ``(height, width)`` tuple of positive ints or raises ``ValueError``."""
+    try:
+        height, width = image_size
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"image_size must be (height, width), got {image_size!r}") from error
+    if int(height) != height or int(width) != width or height <= 0 or width <= 0:
+        raise ValueError(f"image_size must hold two positive integers, got {image_size!r}")
+    return int(height), int(width)
+
+
+@dataclasses.dataclass(frozen=True)
+class AnchorConfig:
+    """Anchors of one feature-map level.
+
+    An anchor of scale ``s`` and ratio ``r`` (``r = h / w``) centred on feature cell ``(i, j)`` has centre
+    ``((i + 0.5) * stride, (j + 0.5) * stride)``, height ``stride * s * sqrt(r)`` and width ``stride * s / sqrt(r)``;
+    its area is ``(stride * s) ** 2`` whatever the ratio.
+
+    Attributes:
+      stride: input pixels per feature-map cell (16 for VGG16 conv5_3).
+      scales: anchor side lengths in units of ``stride`` (8, 16, 32 → 128, 256, 512 px at stride 16).
+      ratios: aspect ratios ``h / w``.
+    """
+
+    stride: int = DEFAULT_STRIDE
+    scales: Tuple[float, ...] = DEFAULT_SCALES
+    ratios: Tuple[float, ...] = DEFAULT_RATIOS
+
+    def __post_init__(self):
+        if isinstance(self.stride, bool) or int(self.stride) != self.stride or self.stride <= 0:
+            raise ValueError(f"AnchorConfig.stride must be a positive integer, got {self.stride!r}")
+        object.__setattr__(self, "stride", int(self.stride))
+        object.__setattr__(self, "scales", _as_float_tuple("AnchorConfig.scales", self.scales))
+        object.__setattr__(self, "ratios", _as_float_tuple("AnchorConfig.ratios", self.ratios))
+
+    @property
+    def levels(self) -> Tuple["AnchorConfig", ...]:
+        return (self,)
+
+    @property
+    def num_anchors_per_location(self) -> int:
+        return len(self.scales) * len(self.ratios)
+
+    def feature_map_size(self, image_size) -> Tuple[int, int]:
+        """Feature-map ``(rows, cols)`` for an input of ``image_size``: ``ceil(size / stride)``."""
+        height, width = validate_image_size(image_size)
+        return -(-height // self.stride), -(-width // self.stride)
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiLevelAnchorConfig:
+    """Anchors over several feature-map levels (FPN style).
+
+    Anchors are concatenated level by level in the order given; within a level the order is the single-level
+    one (row, column, ratio-major / scale-minor).
+    """
+
+    levels: Tuple[AnchorConfig, ...]
+
+    def __post_init__(self):
+        levels = tuple(self.levels)
+        if not levels:
+            raise ValueError("MultiLevelAnchorConfig.levels must hold at least one AnchorConfig")
+        for level in levels:
+            if not isinstance(level, AnchorConfig):
+                raise TypeError(f"MultiLevelAnchorConfig.levels must hold AnchorConfig, got {type(level).__name__}")
+        object.__setattr__(self, "levels", levels)
+
+    @property
+    def num_anchors_per_location(self) -> Tuple[int, ...]:
+        return tuple(level.num_anchors_per_location for level in self.levels)
+
+    @classmethod
+    def fpn(cls, strides=(4, 8, 16, 32, 64), smallest_size=32.0, ratios=DEFAULT_RATIOS) -> "MultiLevelAnchorConfig":
+        """The FPN paper's anchors: one size per level, doubling from ``smallest_size`` (32, 64, 128, 256, 512 px on
+        P2–P6 at strides 4–64), with ``ratios`` at every level — detectron2's and torchvision's defaults."""
+        strides = tuple(int(s) for s in strides)
+        return cls(tuple(AnchorConfig(stride=stride, scales=(smallest_size * 2 ** index / stride,), ratios=ratios)
+                         for index, stride in enumerate(strides)))
+
+
+AnyAnchorConfig = Union[AnchorConfig, MultiLevelAnchorConfig]
+
+
+def as_anchor_config(anchor_config) -> AnyAnchorConfig:
+    """Accepts an ``AnchorConfig``, a ``MultiLevelAnchorConfig`` or a sequence of ``AnchorConfig`` levels."""
+    if isinstance(anchor_config, (AnchorConfig, MultiLevelAnchorConfig)):
+        return anchor_config
+    if isinstance(anchor_config, Sequence) and not isinstance(anchor_config, str):
+        return MultiLevelAnchorConfig(tuple(anchor_config))
+    raise TypeError(
+        "anchor_config must be an AnchorConfig, a MultiLevelAnchorConfig or a sequence of AnchorConfig, "
+        f"got {type(anchor_config).__name__}"
+    )

@@ -1,0 +1,53 @@
+"""``ResizeConfig``: how an image of any size becomes the network's fixed input canvas."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from rpn_tf.config.fields import positive_int_field as _positive_int
+
+RESIZE_POLICIES = ("letterbox", "stretch", "shorter_side")
+
+
+@dataclasses.dataclass(frozen=True)
+class ResizeConfig:
+    """How an image of any size becomes the network's fixed input canvas (the model's ``image_size``, H × W).
+
+    Policies:
+      ``"letterbox"`` (default): keep the aspect ratio, scale to fit the canvas, pad bottom / right with zeros.
+      ``"stretch"``: scale each axis to the canvas (aspect ratio not kept; no padding) — rpn-tf 0.1's behaviour.
+      ``"shorter_side"``: detectron2 / Model Garden style — scale so the shorter side is ``shorter_side`` with the
+        longer side at most ``max_size`` (and the result within the canvas), pad bottom / right. The canvas is
+        fixed (Model Garden's ``output_size``) rather than per batch, so shapes stay static; make it a multiple of
+        the largest stride, e.g. 1344 × 1344 for 800 / 1333.
+    Each resized image carries its ``image_scale`` ``(sy, sx)`` (canvas pixels per original pixel) and its
+    ``valid_size`` (the unpadded height and width on the canvas); anchors outside the valid region are ignored and
+    proposals are clipped to it.
+    """
+
+    policy: str = "letterbox"
+    shorter_side: int = 800
+    max_size: int = 1333
+
+    def __post_init__(self):
+        if self.policy not in RESIZE_POLICIES:
+            raise ValueError(f"ResizeConfig.policy must be one of {RESIZE_POLICIES}, got {self.policy!r}")
+        object.__setattr__(self, "shorter_side", _positive_int("ResizeConfig", "shorter_side", self.shorter_side))
+        object.__setattr__(self, "max_size", _positive_int("ResizeConfig", "max_size", self.max_size))
+        if self.max_size < self.shorter_side:
+            raise ValueError(f"ResizeConfig needs max_size >= shorter_side, got {self.max_size} < "
+                             f"{self.shorter_side}")
+
+
+def as_resize_config(resize) -> ResizeConfig:
+    """A ``ResizeConfig`` from ``None`` (letterbox), a policy name, a dict of fields or a ``ResizeConfig``."""
+    if resize is None:
+        return ResizeConfig()
+    if isinstance(resize, ResizeConfig):
+        return resize
+    if isinstance(resize, str):
+        return ResizeConfig(policy=resize)
+    if isinstance(resize, dict):
+        return ResizeConfig(**resize)
+    raise TypeError(f"resize must be a policy name {RESIZE_POLICIES}, a dict or a ResizeConfig, got "
+                    f"{type(resize).__name__}")
