@@ -42,12 +42,16 @@ def _add_anchor_arguments(parser):
 
 
 def _add_model_arguments(parser):
-    parser.add_argument("--backbone", default=DEEPFOREST.backbone, help="vgg16 | resnet50 | mobilenet_v2 | simple")
+    parser.add_argument("--backbone", default=DEEPFOREST.backbone,
+                        help="vgg16 | resnet50 | mobilenet_v2 | simple, or a feature pyramid: resnet50_fpn | "
+                             "mobilenet_v2_fpn | simple_fpn (FPN anchors 32-512 px; --stride/--scales ignored)")
     parser.add_argument("--weights", default=None, help="None, 'imagenet' or a weights file for the backbone")
     parser.add_argument("--image-size", type=int, nargs=2, default=DEEPFOREST.image_size, metavar=("H", "W"))
     _add_anchor_arguments(parser)
     parser.add_argument("--head-channels", type=int, default=DEEPFOREST.head_channels)
     parser.add_argument("--max-boxes", type=int, default=DEEPFOREST.max_boxes)
+    parser.add_argument("--resize", choices=("letterbox", "stretch", "shorter_side"), default="letterbox",
+                        help="how images of any size go onto the --image-size canvas (default: letterbox)")
 
 
 def load_dataset(args):
@@ -89,9 +93,10 @@ def _print_report(report):
 def _build_model(args):
     import rpn_tf
 
-    anchors = rpn_tf.AnchorConfig(stride=args.stride, scales=tuple(args.scales), ratios=tuple(args.ratios))
+    anchors = None if args.backbone.endswith("_fpn") else \
+        rpn_tf.AnchorConfig(stride=args.stride, scales=tuple(args.scales), ratios=tuple(args.ratios))
     return rpn_tf.RPNModel(tuple(args.image_size), anchors, backbone=args.backbone, weights=args.weights,
-                           head_channels=args.head_channels,
+                           head_channels=args.head_channels, resize=args.resize,
                            target_encoder_config={"max_boxes": args.max_boxes})
 
 

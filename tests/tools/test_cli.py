@@ -64,3 +64,11 @@ def test_data_argument_errors():
         cli.main(["visualize-targets", "--format", "voc"])
     with pytest.raises(SystemExit, match="--images is required"):
         cli.main(["visualize-targets", "--format", "coco", "--data", "x.json"])
+
+
+def test_model_arguments_build_fpn_and_resize_policy():
+    args = cli.build_parser().parse_args(["train", "--backbone", "simple_fpn", "--image-size", "64", "96",
+                                          "--resize", "shorter_side", "--head-channels", "8"])
+    model = cli._build_model(args)
+    assert model.backbone_strides == (4, 8, 16, 32, 64) and model.resize.policy == "shorter_side"
+    assert model.target_encoder.resize == model.resize
