@@ -15,6 +15,7 @@ from rpn_tf.ops.box_coder import BoxCoder
 
 BOX_FORMATS = ("yxyx", "xyxy", "xywh")
 NMS_IMPLEMENTATIONS = ("auto", "padded", "combined")
+SAMPLING_MODES = ("balanced", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +29,8 @@ class TargetConfig:
         a negative value keeps all anchors.
       samples_per_image: anchors sampled per image for the loss (256).
       positive_fraction: largest share of positives in the sample (0.5).
+      sampling: ``"balanced"`` (the article's random 256 at ≤ 50 % positives) or ``"none"`` (every labeled anchor
+        is a target: for the focal loss over all anchors, or in-graph hard-negative mining in ``RPNModel``).
       box_coder: the ``BoxCoder`` of the regression targets (weights 1, 1, 1, 1, as in the article); the model
         decodes its predictions with the same one.
       box_format: format of the GT boxes given to the encoder: ``"yxyx"``, ``"xyxy"`` or ``"xywh"``.
@@ -43,6 +46,7 @@ class TargetConfig:
     allowed_border: float = 0.0
     samples_per_image: int = 256
     positive_fraction: float = 0.5
+    sampling: str = "balanced"
     box_coder: BoxCoder = BoxCoder()
     box_format: str = "yxyx"
     normalized_boxes: bool = False
@@ -59,6 +63,8 @@ class TargetConfig:
                              f"positive_iou={positive_iou}")
         if not isinstance(self.allowed_border, (int, float)) or not math.isfinite(self.allowed_border):
             raise ValueError(f"TargetConfig.allowed_border must be a finite number, got {self.allowed_border!r}")
+        if self.sampling not in SAMPLING_MODES:
+            raise ValueError(f"TargetConfig.sampling must be one of {SAMPLING_MODES}, got {self.sampling!r}")
         if self.box_format not in BOX_FORMATS:
             raise ValueError(f"TargetConfig.box_format must be one of {BOX_FORMATS}, got {self.box_format!r}")
         for name, value in (("positive_iou", positive_iou), ("negative_iou", negative_iou),
@@ -82,6 +88,9 @@ class ProposalConfig:
       post_nms_top_k_train / post_nms_top_k_test: proposals kept after NMS (2 000 / 300).
       nms_iou: NMS IoU threshold (0.7).
       min_size: boxes with height or width below this many input pixels are dropped (16).
+      per_level_nms: with several anchor levels (FPN), NMS within each level, as torchvision and detectron2 do
+        (``True``, default), or one NMS over the candidates of all levels (``False``: a box also suppresses
+        overlapping boxes of other levels — fewer duplicates of one object across levels).
       nms: ``"padded"`` (rpn-tf's pure-TensorFlow NMS: compiles under XLA, where it is the faster one),
         ``"combined"`` (``tf.image.combined_non_max_suppression``: no XLA kernel, faster without XLA on CPU) or
         ``"auto"`` (default): ``RPNModel`` uses ``"padded"`` when its steps are XLA-compiled
@@ -95,6 +104,7 @@ class ProposalConfig:
     post_nms_top_k_test: int = 300
     nms_iou: float = 0.7
     min_size: float = 16.0
+    per_level_nms: bool = True
     nms: str = "auto"
 
     def __post_init__(self):

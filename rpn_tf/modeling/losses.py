@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from rpn_tf.ops.sampling import random_seeds, sample_hard_negatives
+
 
 def smooth_l1(difference, beta):
     """Elementwise smooth-L1 (Huber / beta): ``0.5 x² / beta`` if ``|x| < beta`` else ``|x| - 0.5 beta``."""
@@ -18,30 +20,50 @@ def smooth_l1(difference, beta):
     return tf.where(absolute < beta, 0.5 * tf.square(absolute) / beta, absolute - 0.5 * beta)
 
 
-def rpn_loss_sums(rpn_labels, rpn_deltas, objectness_logits, box_deltas, smooth_l1_beta=1.0 / 9.0):
+OBJECTNESS_LOSSES = ("bce", "focal")
+NEGATIVE_SAMPLING = ("random", "hard")
+
+
+def objectness_losses(positive, logits, objectness_loss="bce", focal_gamma=2.0, focal_alpha=0.25):
+    """Per-anchor objectness loss: binary cross-entropy, or the focal loss of RetinaNet (Lin et al. 2017),
+    ``α_t (1 − p_t)^γ · BCE`` (``focal_alpha=None``: no α weighting; γ = 0 and α = None give BCE exactly)."""
+    cross_entropy = tf.nn.sigmoid_cross_entropy_with_logits(labels=positive, logits=logits)
+    if objectness_loss == "bce":
+        return cross_entropy
+    probability = tf.sigmoid(logits)
+    p_t = probability * positive + (1.0 - probability) * (1.0 - positive)
+    loss = tf.pow(1.0 - p_t, focal_gamma) * cross_entropy
+    if focal_alpha is not None:
+        loss *= focal_alpha * positive + (1.0 - focal_alpha) * (1.0 - positive)
+    return loss
+
+
+def rpn_loss_sums(rpn_labels, rpn_deltas, objectness_logits, box_deltas, smooth_l1_beta=1.0 / 9.0,
+                  objectness_loss="bce", focal_gamma=2.0, focal_alpha=0.25):
     """Unnormalized RPN losses of a batch.
 
     Args:
-      rpn_labels: int ``[B, A]`` in {1, 0, -1} (sampled).
+      rpn_labels: int ``[B, A]`` in {1, 0, -1} (sampled, or every labeled anchor for the focal loss).
       rpn_deltas: float ``[B, A, 4]`` targets.
       objectness_logits: ``[B, A]``; box_deltas: ``[B, A, 4]`` predictions.
       smooth_l1_beta: smooth-L1 transition point (1/9; 0 gives plain L1).
+      objectness_loss, focal_gamma, focal_alpha: see ``objectness_losses``.
 
     Returns:
-      ``(objectness_sum, box_sum, num_sampled, num_correct)``, float32 scalars: binary cross-entropy summed over
-      sampled anchors (label ≥ 0), smooth-L1 summed over positives and coordinates, the number of sampled anchors
-      and of sampled anchors whose predicted class (logit > 0) matches the label.
+      ``(objectness_sum, box_sum, num_sampled, num_correct, num_positive)``, float32 scalars: the objectness loss
+      summed over labeled anchors (label ≥ 0), smooth-L1 summed over positives and coordinates, the number of
+      labeled anchors, of labeled anchors whose predicted class (logit > 0) matches the label, and of positives.
     """
     labels = tf.cast(rpn_labels, tf.int32)
     logits = tf.cast(objectness_logits, tf.float32)
     sampled = tf.cast(labels >= 0, tf.float32)
     positive = tf.cast(labels == 1, tf.float32)
-    cross_entropy = tf.nn.sigmoid_cross_entropy_with_logits(labels=positive, logits=logits)
-    objectness_sum = tf.reduce_sum(cross_entropy * sampled)
+    per_anchor = objectness_losses(positive, logits, objectness_loss, focal_gamma, focal_alpha)
+    objectness_sum = tf.reduce_sum(per_anchor * sampled)
     box_error = smooth_l1(tf.cast(box_deltas, tf.float32) - tf.cast(rpn_deltas, tf.float32), smooth_l1_beta)
     box_sum = tf.reduce_sum(tf.reduce_sum(box_error, axis=-1) * positive)
     correct = tf.cast(tf.equal(tf.cast(logits > 0.0, tf.float32), positive), tf.float32) * sampled
-    return objectness_sum, box_sum, tf.reduce_sum(sampled), tf.reduce_sum(correct)
+    return objectness_sum, box_sum, tf.reduce_sum(sampled), tf.reduce_sum(correct), tf.reduce_sum(positive)
 
 
 def global_sum(value):
@@ -50,3 +72,45 @@ def global_sum(value):
     if context is None or context.num_replicas_in_sync == 1:
         return value
     return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+class RpnLoss:
+    """The RPN's training loss, configured once: ``(objectness + box_loss_weight · box) / normalizer``.
+
+    The normalizer is the number of sampled anchors (BCE) or of positives (focal) of the *global* batch, so that
+    gradients summed over replicas equal the single-device ones. With ``negative_sampling="hard"`` the sample is
+    drawn here from every labeled anchor (``sample_hard_negatives``).
+
+    ``__call__(rpn_labels [B, A], rpn_deltas [B, A, 4], objectness_logits [B, A], box_deltas [B, A, 4])`` →
+    ``(loss, (objectness_sum, box_sum, num_sampled, num_correct, count))`` with ``count`` this replica's share of
+    the normalizer (so that ``Σ sums / Σ count`` over replicas and steps is the logged loss).
+    """
+
+    def __init__(self, objectness_loss="bce", focal_gamma=2.0, focal_alpha=0.25, smooth_l1_beta=1.0 / 9.0,
+                 box_loss_weight=1.0, negative_sampling="random", samples_per_image=256, positive_fraction=0.5):
+        if objectness_loss not in OBJECTNESS_LOSSES:
+            raise ValueError(f"objectness_loss must be one of {OBJECTNESS_LOSSES}, got {objectness_loss!r}")
+        if negative_sampling not in NEGATIVE_SAMPLING:
+            raise ValueError(f"negative_sampling must be one of {NEGATIVE_SAMPLING}, got {negative_sampling!r}")
+        if not focal_gamma >= 0 or (focal_alpha is not None and not 0 <= focal_alpha <= 1):
+            raise ValueError(f"need focal_gamma >= 0 and focal_alpha in [0, 1] or None, got {focal_gamma}, "
+                             f"{focal_alpha}")
+        self.objectness_loss, self.negative_sampling = objectness_loss, negative_sampling
+        self.focal_gamma, self.focal_alpha = float(focal_gamma), focal_alpha
+        self.smooth_l1_beta, self.box_loss_weight = float(smooth_l1_beta), float(box_loss_weight)
+        self.samples_per_image, self.positive_fraction = samples_per_image, positive_fraction
+        self._generator = tf.random.Generator.from_non_deterministic_state() if negative_sampling == "hard" \
+            else None
+
+    def __call__(self, rpn_labels, rpn_deltas, objectness_logits, box_deltas):
+        labels = rpn_labels
+        if self.negative_sampling == "hard":
+            seeds = random_seeds(tf.shape(labels)[0], self._generator)
+            labels = sample_hard_negatives(labels, objectness_logits, seeds, self.samples_per_image,
+                                           self.positive_fraction)
+        objectness_sum, box_sum, num_sampled, num_correct, num_positive = rpn_loss_sums(
+            labels, rpn_deltas, objectness_logits, box_deltas, self.smooth_l1_beta, self.objectness_loss,
+            self.focal_gamma, self.focal_alpha)
+        count = num_positive if self.objectness_loss == "focal" else num_sampled
+        loss = (objectness_sum + self.box_loss_weight * box_sum) / tf.maximum(global_sum(count), 1.0)
+        return loss, (objectness_sum, box_sum, num_sampled, num_correct, count)

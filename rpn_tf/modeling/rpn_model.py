@@ -16,7 +16,7 @@ from rpn_tf.data.encoder import RpnTargetEncoder
 from rpn_tf.data.resize import resize_to_canvas
 from rpn_tf.modeling.backbones import ImagePreprocessing, build_backbone
 from rpn_tf.modeling.head import RpnHead
-from rpn_tf.modeling.losses import global_sum, rpn_loss_sums
+from rpn_tf.modeling.losses import RpnLoss
 from rpn_tf.modeling.metrics import ProposalRecall, RatioMean
 from rpn_tf.ops.anchors import anchors_per_level
 from rpn_tf.ops.box_ops import clip_boxes
@@ -65,19 +65,28 @@ class RPNModel(keras.Model):
       recall_top_n: N of the recall metric (300).
       resize: ``ResizeConfig`` or a policy name (``"letterbox"`` default, ``"stretch"``, ``"shorter_side"``): how
         ``target_encoder`` and ``predict`` put images of any size on the canvas.
+      objectness_loss: ``"bce"`` (default: binary cross-entropy over the sampled anchors, normalized by their
+        count) or ``"focal"`` (RetinaNet's focal loss, ``focal_gamma`` 2, ``focal_alpha`` 0.25, normalized by the
+        number of positives; meant for targets with ``TargetConfig(sampling="none")``: every labeled anchor).
+      negative_sampling: ``"random"`` (default: the targets' sample) or ``"hard"`` (OHEM-style, in the train step:
+        positives at random, negatives the highest-scored ones, ``samples_per_image`` in all; needs targets with
+        ``sampling="none"``, which the model's encoder then uses).
     """
 
     def __init__(self, image_size=DEFAULT_IMAGE_SIZE, anchor_config=None, backbone="vgg16", backbone_stride=None,
                  weights=None, freeze_backbone_layers=0, preprocessing=None, head_channels=None,
                  box_loss_weight=1.0, smooth_l1_beta=1.0 / 9.0, target_encoder_config=None, proposal_config=None,
-                 recall_top_n=300, resize=None, **kwargs):
+                 recall_top_n=300, resize=None, objectness_loss="bce", focal_gamma=2.0, focal_alpha=0.25,
+                 negative_sampling="random", **kwargs):
         super().__init__(**kwargs)
         self.image_size = validate_image_size(image_size)
         self.resize = as_resize_config(resize)
         target_config = target_encoder_config if isinstance(target_encoder_config, TargetConfig) else \
             config_from_kwargs(TargetConfig, None, target_encoder_config)
-        self.box_loss_weight = float(box_loss_weight)
-        self.smooth_l1_beta = float(smooth_l1_beta)
+        if negative_sampling == "hard" and target_config.sampling != "none":
+            target_config = dataclasses.replace(target_config, sampling="none")  # the loss samples itself
+        self.rpn_loss = RpnLoss(objectness_loss, focal_gamma, focal_alpha, smooth_l1_beta, box_loss_weight,
+                                negative_sampling, target_config.samples_per_image, target_config.positive_fraction)
         self.recall_top_n = int(recall_top_n)
         self.freeze_backbone_layers = int(freeze_backbone_layers)
 
@@ -191,16 +200,11 @@ class RPNModel(keras.Model):
         return images, targets
 
     def _rpn_losses(self, targets, outputs):
-        objectness_sum, box_sum, num_sampled, num_correct = rpn_loss_sums(
-            targets["rpn_labels"], targets["rpn_deltas"], outputs["objectness_logits"], outputs["box_deltas"],
-            self.smooth_l1_beta)
-        # Normalized by the sampled anchors of the *global* batch: gradients summed over replicas then equal
-        # the single-device ones.
-        normalizer = tf.maximum(global_sum(num_sampled), 1.0)
-        loss = (objectness_sum + self.box_loss_weight * box_sum) / normalizer
-        self.loss_tracker.update_state(objectness_sum + self.box_loss_weight * box_sum, num_sampled)
-        self.objectness_loss_tracker.update_state(objectness_sum, num_sampled)
-        self.box_loss_tracker.update_state(box_sum, num_sampled)
+        loss, (objectness_sum, box_sum, num_sampled, num_correct, count) = self.rpn_loss(
+            targets["rpn_labels"], targets["rpn_deltas"], outputs["objectness_logits"], outputs["box_deltas"])
+        self.loss_tracker.update_state(objectness_sum + self.rpn_loss.box_loss_weight * box_sum, count)
+        self.objectness_loss_tracker.update_state(objectness_sum, count)
+        self.box_loss_tracker.update_state(box_sum, count)
         self.accuracy_tracker.update_state(num_correct, num_sampled)
         return loss
 
@@ -292,7 +296,10 @@ class RPNModel(keras.Model):
             backbone=backbone, backbone_stride=self.backbone_stride if len(self.backbone_strides) == 1 else None,
             weights=None, resize=config_to_dict(self.resize),
             freeze_backbone_layers=self.freeze_backbone_layers, preprocessing=self.preprocessing.mode,
-            head_channels=self.head_channels, box_loss_weight=self.box_loss_weight,
-            smooth_l1_beta=self.smooth_l1_beta, target_encoder_config=config_to_dict(self.target_encoder.config),
-            proposal_config=config_to_dict(self.proposal_config), recall_top_n=self.recall_top_n)
+            head_channels=self.head_channels, box_loss_weight=self.rpn_loss.box_loss_weight,
+            smooth_l1_beta=self.rpn_loss.smooth_l1_beta,
+            target_encoder_config=config_to_dict(self.target_encoder.config),
+            proposal_config=config_to_dict(self.proposal_config), recall_top_n=self.recall_top_n,
+            objectness_loss=self.rpn_loss.objectness_loss, focal_gamma=self.rpn_loss.focal_gamma,
+            focal_alpha=self.rpn_loss.focal_alpha, negative_sampling=self.rpn_loss.negative_sampling)
         return config

@@ -4,7 +4,8 @@ Shape shorthand: B images, A anchors (A_l on level l), K = ``pre_nms_top_k``, N 
 
 Several anchor levels (FPN) follow torchvision's ``RegionProposalNetwork.filter_proposals`` and detectron2's
 ``find_top_rpn_proposals``: the top K of *each level* by score, NMS within each level separately (boxes of
-different levels never suppress each other), then the N best of all levels by score.
+different levels never suppress each other), then the N best of all levels by score. With
+``ProposalConfig(per_level_nms=False)`` the candidates of all levels go through one NMS instead.
 """
 
 from __future__ import annotations
@@ -98,5 +99,10 @@ def generate_proposals(anchors, objectness_logits, deltas, image_size, config=No
     scores = tf.where(keep, scores, -1.0)
 
     candidates = _top_candidates(scores, boxes, level_sizes, pre_nms_top_k)
+    if len(candidates) > 1 and not config.per_level_nms:  # one NMS over every level's candidates, by score
+        merged_scores = tf.concat([level_scores for level_scores, _ in candidates], axis=1)
+        merged_boxes = tf.concat([level_boxes for _, level_boxes in candidates], axis=1)
+        top_scores, order = tf.math.top_k(merged_scores, k=merged_scores.shape[1])
+        candidates = [(top_scores, tf.gather(merged_boxes, order, batch_dims=1))]
     nms_boxes, nms_scores, num_valid = _nms_per_level(candidates, post_nms_top_k, config)
     return {"boxes": nms_boxes, "scores": nms_scores, "num_proposals": tf.cast(num_valid, tf.int32)}

@@ -112,3 +112,29 @@ def sample_balanced(labels, seeds, num_samples=256, positive_fraction=0.5):
     keep_negative = is_negative & (keys >= negative_threshold)
 
     return tf.where(keep_positive, 1, tf.where(keep_negative, 0, -1))
+
+
+def sample_hard_negatives(labels, scores, seeds, num_samples=256, positive_fraction=0.5):
+    """Online hard-negative mining (OHEM-style): positives at random, negatives by highest score.
+
+    At most ``floor(num_samples · positive_fraction)`` positives are kept at random (as ``sample_balanced``); the
+    rest of the ``num_samples`` are the negatives the model scores highest (ties at the threshold may add a few).
+
+    Args:
+      labels: int32 ``Tensor[B, A]`` in {1, 0, -1}, before sampling.
+      scores: float ``Tensor[B, A]`` (e.g. objectness logits; not differentiated through).
+      seeds: int ``Tensor[B, 2]`` for the positives' draw.
+
+    Returns:
+      int32 ``Tensor[B, A]`` in {1, 0, -1}.
+    """
+    positives = sample_balanced(tf.where(labels == 1, 1, -1), seeds, num_samples, positive_fraction) == 1
+    num_negative_wanted = num_samples - tf.reduce_sum(tf.cast(positives, tf.int32), axis=1)  # (B,)
+    negative_scores = tf.where(labels == 0, tf.stop_gradient(tf.cast(scores, tf.float32)), -float("inf"))
+    k = min(num_samples, labels.shape[-1]) if labels.shape[-1] is not None else num_samples
+    top_scores = tf.math.top_k(negative_scores, k=k).values  # (B, k)
+    position = tf.clip_by_value(num_negative_wanted - 1, 0, k - 1)
+    threshold = tf.gather(top_scores, position[:, None], batch_dims=1)  # (B, 1)
+    threshold = tf.where(num_negative_wanted[:, None] > 0, threshold, float("inf"))
+    negatives = (labels == 0) & (negative_scores >= threshold) & tf.math.is_finite(negative_scores)
+    return tf.where(positives, 1, tf.where(negatives, 0, -1))

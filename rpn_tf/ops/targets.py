@@ -71,6 +71,9 @@ class RpnTargetAssigner:
         seeds = self.seeds(gt_boxes) if seeds is None else tf.reshape(tf.cast(seeds, tf.int64), [-1, 2])
         # Everything runs on the inside anchors only; outside anchors get -1 and zero deltas.
         labels, deltas = self.inside_targets(gt_boxes, valid_sizes)
-        sampled = sample_balanced(labels, seeds, self.config.samples_per_image, self.config.positive_fraction)
+        if self.config.sampling == "none":
+            sampled = labels
+        else:
+            sampled = sample_balanced(labels, seeds, self.config.samples_per_image, self.config.positive_fraction)
         return {"rpn_labels": self.matcher.scatter_to_all(sampled, IGNORE),
                 "rpn_deltas": self.matcher.scatter_to_all(deltas, 0.0)}

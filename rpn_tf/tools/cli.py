@@ -127,12 +127,20 @@ def command_train(args):
 def command_evaluate(args):
     import keras
 
-    from rpn_tf.evaluation import evaluate_recall
+    from rpn_tf import evaluation
 
     model = keras.models.load_model(args.model)
-    results = evaluate_recall(model, load_dataset(args), tuple(args.top_n))
+    dataset = load_dataset(args)
+    results = evaluation.evaluate_recall(model, dataset, tuple(args.top_n))
     for key, value in results.items():
         print(f"{key}: {value:.4f}")
+    if args.diagnose:
+        waterfall = evaluation.recall_waterfall(model, dataset, tuple(args.top_n))
+        print("recall waterfall (where recall is lost):")
+        print(evaluation.format_waterfall(waterfall))
+        evaluation.plot_waterfall(waterfall, args.plot, title=f"recall waterfall of {os.path.basename(args.model)}")
+        print(f"wrote {args.plot}")
+        results = {"recall": results, "waterfall": waterfall}
     if args.json:
         with open(args.json, "w") as file:
             json.dump(results, file, indent=2)
@@ -206,7 +214,9 @@ def command_visualize_targets(args):
 def command_demo(args):
     from rpn_tf.tools import demo
 
-    demo.main(["--out", args.out, "--epochs", str(args.epochs)])
+    argv = ["--out", args.out] + (["--epochs", str(args.epochs)] if args.epochs is not None else []) + \
+        (["--recipe", args.recipe] if args.recipe else [])
+    demo.main(argv)
     return 0
 
 
@@ -229,6 +239,11 @@ def build_parser():
     _add_data_arguments(evaluate)
     evaluate.add_argument("--top-n", type=int, nargs="+", default=(100, 300, 1000))
     evaluate.add_argument("--json", default=None, help="also write the results here")
+    evaluate.add_argument("--diagnose", action="store_true",
+                          help="also print the recall waterfall: recall of all anchors, of the decoded boxes, of "
+                               "the top N before and after NMS, by object size, and the scores by anchor label")
+    evaluate.add_argument("--plot", default="waterfall.png",
+                          help="with --diagnose: PNG of recall vs N per stage (default: waterfall.png)")
     evaluate.set_defaults(run=command_evaluate)
 
     export = commands.add_parser("export", help="write a TF Serving SavedModel: BASE_DIR/NAME/VERSION/ with warmup "
@@ -257,8 +272,9 @@ def build_parser():
     visualize.set_defaults(run=command_visualize_targets)
 
     demo = commands.add_parser("demo", help="train, evaluate, export and serve on the bundled real data")
-    demo.add_argument("--out", default="demo_output")
-    demo.add_argument("--epochs", type=int, default=15)
+    demo.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
+    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's, 30)")
+    demo.add_argument("--recipe", default=None, help="training recipe (default: fpn; see docs/recipes.md)")
     demo.set_defaults(run=command_demo)
     return parser
 

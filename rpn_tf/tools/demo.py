@@ -2,8 +2,9 @@
 
 1. RPN targets for the held-out ``OSBS_029`` image (61 trees): label counts and ``rpn_targets.png`` with the GT
    boxes (green), the sampled positive anchors (red) and a few sampled negatives (blue) — the article's picture.
-2. Trains an ``RPNModel`` (small backbone, from scratch, 2 CPU cores, ~3 minutes) on tiles of the two
-   ``2019_YELL_*`` images and prints recall@300 on ``OSBS_029`` before and after.
+2. Trains an ``RPNModel`` (the deepforest recipe: small network from scratch, 2 CPU cores, see
+   ``docs/recipes.md``) on tiles of the two ``2019_YELL_*`` images and prints recall@300 on ``OSBS_029`` and the
+   recall waterfall before and after (``waterfall.png``).
 3. Exports a TF Serving SavedModel (``serving/rpn/<version>``), runs its ``serving_default`` signature on the
    held-out image's PNG bytes and draws the top proposals in ``proposals.png``.
 
@@ -21,13 +22,14 @@ import tensorflow as tf  # noqa: E402
 
 import rpn_tf  # noqa: E402
 from rpn_tf.data import deepforest  # noqa: E402
-from rpn_tf.tools.presets import DEEPFOREST  # noqa: E402
-from rpn_tf.tools.train_deepforest import padded, train  # noqa: E402
+from rpn_tf import evaluation  # noqa: E402
+from rpn_tf.tools.train_deepforest import DEFAULT_EPOCHS, DEFAULT_RECIPE, RECIPES, padded, recipe_anchors, \
+    train  # noqa: E402
 from rpn_tf.tools.visualize import GREEN, RED, draw_boxes, target_picture, write_png  # noqa: E402
 
 
-def show_targets(image, annotation, out_dir):
-    png, before, labels = target_picture(image, annotation.boxes, DEEPFOREST.anchor_config, max_negatives=20)
+def show_targets(image, annotation, out_dir, anchor_config):
+    png, before, labels = target_picture(image, annotation.boxes, anchor_config, max_negatives=20)
     print(f"image {deepforest.EVAL_IMAGE}: {image.shape[1]}x{image.shape[0]} px, {len(annotation.boxes)} trees, "
           f"{len(labels)} anchors")
     print(f"labels before sampling: {(before == 1).sum()} positive, {(before == 0).sum()} negative, "
@@ -61,23 +63,32 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="rpn-tf demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
-    parser.add_argument("--epochs", type=int, default=15, help="training epochs (default 15; 0 skips training)")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE,
+                        help=f"training recipe (default {DEFAULT_RECIPE}; see docs/recipes.md)")
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
+                        help=f"training epochs (default {DEFAULT_EPOCHS}; 0 skips training)")
     parser.add_argument("--top-n", type=int, default=50, help="proposals drawn in proposals.png")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
 
     image, annotation = deepforest.load_deepforest_image(deepforest.EVAL_IMAGE)
-    show_targets(image, annotation, args.out)
+    show_targets(image, annotation, args.out, recipe_anchors(args.recipe))
     if args.epochs <= 0:
         return
-    print(f"training on YELL tiles for {args.epochs} epochs ...")
-    model, report = train(epochs=args.epochs, out_dir=args.out, verbose=2)
+    print(f"training on YELL tiles for {args.epochs} epochs ({args.recipe} recipe) ...")
+    model, report = train(epochs=args.epochs, out_dir=args.out, verbose=2, recipe=args.recipe)
     print(f"{report['tiles']} tiles, {report['train_boxes']} boxes; {report['train_seconds']} s; "
           f"final loss {report['final_loss']:.4f}; model saved to {os.path.join(args.out, 'rpn_deepforest.keras')}")
     for stage in ("before", "after"):
         recall = report[f"recall_{stage}"]
         print(f"{deepforest.EVAL_IMAGE} recall {stage:>6} training: "
               + ", ".join(f"{k} {v:.3f}" for k, v in recall.items()))
+    for stage in ("before", "after"):
+        print(f"recall waterfall on {deepforest.EVAL_IMAGE} {stage} training:")
+        print(evaluation.format_waterfall(report[f"waterfall_{stage}"]))
+    path = evaluation.plot_waterfall(report["waterfall_after"], os.path.join(args.out, "waterfall.png"),
+                                     title=f"recall waterfall on {deepforest.EVAL_IMAGE} ({args.recipe} recipe)")
+    print(f"wrote {path}")
     serve_and_draw(model, image, annotation, args.out, args.top_n)
 
 

@@ -10,6 +10,7 @@ starts from random weights (no network needed).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 
@@ -67,25 +68,54 @@ def augment(image, boxes):
     return image, tf.where(valid[:, None], boxes, -1.0)
 
 
-def build_model(backbone="simple", seed=0):
+# Training recipes, each a set of RPNModel options (see docs/recipes.md for what each gave on OSBS_029).
+RECIPES = {
+    "article": {},  # 256 random samples at ≤ 50 % positives, BCE
+    "focal": {"objectness_loss": "focal", "sampling": "none"},  # focal loss over every labeled anchor
+    "ohem": {"negative_sampling": "hard"},  # 256 samples, negatives the highest-scored
+    # P2–P6 of the small network with top-down context at every level; one crown-sized anchor per level (16–256
+    # px); NMS at IoU 0.6: in a closed canopy the duplicates of a crown are shifted boxes at IoU ~0.6
+    "fpn": {"backbone": "simple_fpn", "head_channels": None,
+            "anchor_config": rpn_tf.MultiLevelAnchorConfig.fpn(smallest_size=16.0, ratios=(0.75, 1.0, 4.0 / 3.0)),
+            "proposal_config": rpn_tf.ProposalConfig.fpn(nms_iou=0.6)},
+}
+# the fpn recipe with positives from IoU 0.5 (more positives per small crown)
+RECIPES["fpn_iou05"] = {**RECIPES["fpn"], "target": {"positive_iou": 0.5}}
+DEFAULT_RECIPE = "fpn"  # chosen by measurement on OSBS_029, see docs/recipes.md
+DEFAULT_EPOCHS = 30  # ~8 minutes of training on 2 CPU cores
+
+
+def recipe_anchors(recipe):
+    """The anchors a recipe trains with."""
+    return RECIPES[recipe].get("anchor_config", DEEPFOREST.anchor_config)
+
+
+def build_model(backbone="simple", seed=0, recipe="article"):
     keras.utils.set_random_seed(seed)
-    anchors = DEEPFOREST.anchor_config
-    return rpn_tf.RPNModel(DEEPFOREST.image_size, anchors, backbone=backbone,
-                           backbone_stride=anchors.stride if backbone == "simple" else None,
-                           head_channels=DEEPFOREST.head_channels,
-                           target_encoder_config={"max_boxes": DEEPFOREST.max_boxes})
+    options = {"backbone": backbone, "head_channels": DEEPFOREST.head_channels,
+               "anchor_config": DEEPFOREST.anchor_config, **RECIPES[recipe]}
+    target = {"max_boxes": DEEPFOREST.max_boxes, "sampling": options.pop("sampling", "balanced"),
+              **options.pop("target", {})}
+    return rpn_tf.RPNModel(DEEPFOREST.image_size, target_encoder_config=target, **options)
+
+
+def evaluation_data():
+    return adapters.from_deepforest([deepforest.EVAL_IMAGE])
 
 
 def evaluate_recall(model):
     """Recall@300 (IoU 0.5, 0.7) and AR@300 on OSBS_029."""
-    return rpn_evaluation.evaluate_recall(model, adapters.from_deepforest([deepforest.EVAL_IMAGE]), (300,))
+    return rpn_evaluation.evaluate_recall(model, evaluation_data(), (300,))
 
 
-def train(epochs=15, backbone="simple", batch_size=8, learning_rate=3e-3, out_dir=None, verbose=2):
-    """Trains on the YELL tiles; returns ``(model, report dict)``."""
+def train(epochs=DEFAULT_EPOCHS, backbone="simple", batch_size=8, learning_rate=3e-3, out_dir=None, verbose=2,
+          recipe=DEFAULT_RECIPE):
+    """Trains on the YELL tiles; returns ``(model, report dict)`` with recall and the recall waterfall on
+    OSBS_029 before and after training."""
     images, boxes, cut = training_tiles()
-    model = build_model(backbone)
+    model = build_model(backbone, recipe=recipe)
     before = evaluate_recall(model)
+    waterfall_before = rpn_evaluation.recall_waterfall(model, evaluation_data())
     encoder = model.target_encoder
     dataset = (tf.data.Dataset.from_tensor_slices((images, padded(boxes)))
                .shuffle(len(images), seed=0, reshuffle_each_iteration=True)
@@ -102,8 +132,10 @@ def train(epochs=15, backbone="simple", batch_size=8, learning_rate=3e-3, out_di
     seconds = time.perf_counter() - start
     after = evaluate_recall(model)
     report = {"tiles": len(images), "train_boxes": int(sum(len(b) for b in boxes)), "boxes_cut_by_tiling": cut,
-              "epochs": epochs, "train_seconds": round(seconds, 1), "final_loss": history.history["loss"][-1],
-              "recall_before": before, "recall_after": after}
+              "recipe": recipe, "epochs": epochs, "train_seconds": round(seconds, 1),
+              "final_loss": history.history["loss"][-1], "recall_before": before, "recall_after": after,
+              "waterfall_before": waterfall_before,
+              "waterfall_after": rpn_evaluation.recall_waterfall(model, evaluation_data())}
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         model.save(os.path.join(out_dir, "rpn_deepforest.keras"))
@@ -112,19 +144,27 @@ def train(epochs=15, backbone="simple", batch_size=8, learning_rate=3e-3, out_di
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     parser.add_argument("--backbone", default=DEEPFOREST.backbone)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE, help="training recipe")
     parser.add_argument("--out", default="demo_output", help="folder for rpn_deepforest.keras")
+    parser.add_argument("--json", default=None, help="also write the report (recall, waterfalls) here")
     args = parser.parse_args(argv)
-    _, report = train(args.epochs, args.backbone, args.batch_size, args.learning_rate, args.out)
+    _, report = train(args.epochs, args.backbone, args.batch_size, args.learning_rate, args.out,
+                      recipe=args.recipe)
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(report, file, indent=1)
     print(f"{report['tiles']} training tiles, {report['train_boxes']} boxes "
           f"({report['boxes_cut_by_tiling']} box-tile pairs left out by the 50 % visibility rule)")
     print(f"trained {report['epochs']} epochs in {report['train_seconds']} s, final loss {report['final_loss']:.4f}")
     for stage in ("before", "after"):
         recall = report[f"recall_{stage}"]
         print(f"OSBS_029 {stage:>6} training: " + ", ".join(f"{k} {v:.3f}" for k, v in recall.items()))
+    print(f"recall waterfall on OSBS_029 after training ({report['recipe']} recipe):")
+    print(rpn_evaluation.format_waterfall(report["waterfall_after"]))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,18 @@ def test_evaluate(trained, tmp_path, capsys):
     assert "ar@300:" in capsys.readouterr().out
 
 
+def test_evaluate_diagnose_prints_the_waterfall_and_writes_a_plot(trained, tmp_path, capsys):
+    plot, results_path = tmp_path / "waterfall.png", tmp_path / "results.json"
+    assert cli.main(["evaluate", str(trained / "model.keras"), *SMALL, "--diagnose", "--plot", str(plot),
+                     "--json", str(results_path)]) == 0
+    out = capsys.readouterr().out
+    for stage in ("all anchors", "all decoded boxes", "top 300 by score (no NMS)", "top 1000 after NMS"):
+        assert stage in out
+    assert "objectness of positive anchors" in out and plot.read_bytes()[:4] == b"\x89PNG"
+    waterfall = json.loads(results_path.read_text())["waterfall"]
+    assert waterfall["stages"]["all anchors"]["iou0.5"] >= waterfall["stages"]["top 100 after NMS"]["iou0.5"]
+
+
 def test_export_and_predict(trained, tmp_path):
     base = tmp_path / "serving"
     assert cli.main(["export", str(trained / "model.keras"), "--base-dir", str(base)]) == 0

@@ -8,7 +8,8 @@ def test_demo_runs_with_one_epoch(tmp_path, capsys):
     output = capsys.readouterr().out
     assert "OSBS_029 recall before training" in output and "after training" in output
     assert "served model on OSBS_029" in output
-    for name in ("rpn_targets.png", "proposals.png", "rpn_deepforest.keras"):
+    assert "recall waterfall on OSBS_029 before training" in output and "top 300 after NMS" in output
+    for name in ("rpn_targets.png", "proposals.png", "rpn_deepforest.keras", "waterfall.png"):
         path = tmp_path / name
         assert path.exists() and os.path.getsize(path) > 1000
     assert (tmp_path / "proposals.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,74 @@
+"""``CrashSafeBackup``: resume training after a kill at any moment.
+
+Keras's ``BackupAndRestore`` rewrites its backup in place: a kill during the write leaves a truncated
+``.weights.h5`` or an empty ``training_metadata.json`` and every restart then fails. Here every backup is a new file,
+``epoch-K.weights.h5``, written under a temporary name and renamed into place (atomic), so the folder only ever holds
+complete backups; the newest readable one is restored, an unreadable one is reported in one line and skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import keras
+
+_BACKUP = re.compile(r"^epoch-(\d+)\.weights\.h5$")
+
+
+class CrashSafeBackup(keras.callbacks.Callback):
+    """Backs up the model's weights after every epoch; ``restore`` loads the newest good backup.
+
+    Use::
+
+        backup = CrashSafeBackup("run/backup")
+        model.fit(data, epochs=10, initial_epoch=backup.restore(model), callbacks=[backup])
+
+    Args:
+      backup_dir: folder of the backups (created).
+      keep: backups kept (the newest ``keep``; at least 2, so that a bad newest one has a fallback).
+      delete_on_end: remove the backups when ``fit`` ends normally (a finished run starts afresh).
+      log: where the one-line messages go (``print`` by default).
+    """
+
+    def __init__(self, backup_dir, keep=2, delete_on_end=True, log=print):
+        super().__init__()
+        self.backup_dir = str(backup_dir)
+        self.keep = max(int(keep), 2)
+        self.delete_on_end = bool(delete_on_end)
+        self.log = log
+
+    def backups(self):
+        """``[(epoch, path)]`` of the complete backups, newest first."""
+        if not os.path.isdir(self.backup_dir):
+            return []
+        found = [(int(match.group(1)), os.path.join(self.backup_dir, name))
+                 for name in os.listdir(self.backup_dir) if (match := _BACKUP.match(name))]
+        return sorted(found, reverse=True)
+
+    def restore(self, model) -> int:
+        """Loads the newest readable backup into ``model``; returns its epoch (0 when there is none), the
+        ``initial_epoch`` for ``fit``."""
+        for epoch, path in self.backups():
+            try:
+                model.load_weights(path)
+            except Exception as error:  # noqa: BLE001  (any unreadable file: report it, fall back)
+                self.log(f"backup {path} is unreadable ({type(error).__name__}); trying the previous one")
+                continue
+            self.log(f"resuming from epoch {epoch} ({path})")
+            return epoch
+        return 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        final = os.path.join(self.backup_dir, f"epoch-{epoch + 1}.weights.h5")
+        temporary = os.path.join(self.backup_dir, f".tmp-{os.getpid()}.weights.h5")
+        self.model.save_weights(temporary, overwrite=True)
+        os.replace(temporary, final)  # atomic: the folder never holds a half-written backup under a backup name
+        for _, path in self.backups()[self.keep:]:
+            os.remove(path)
+
+    def on_train_end(self, logs=None):
+        if self.delete_on_end:
+            for _, path in self.backups():
+                os.remove(path)

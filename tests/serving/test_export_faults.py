@@ -1,0 +1,67 @@
+"""Faults during export: a real SIGKILL at several moments never leaves a numeric version folder that TF Serving
+would load half-written."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import pytest
+
+import rpn_tf
+from rpn_tf.serving import WARMUP_FILE, export_saved_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EXPORT_LOOP = """
+import sys
+from rpn_tf.serving import export_saved_model, load_model
+model = load_model(sys.argv[1])
+print("ready", flush=True)
+while True:
+    export_saved_model(model, sys.argv[2], "rpn")
+"""
+
+
+@pytest.fixture(scope="module")
+def keras_file(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    model = rpn_tf.RPNModel((64, 64), rpn_tf.AnchorConfig(stride=16, scales=(1.0, 2.0)), backbone="simple",
+                            head_channels=8)
+    path = str(tmp_path_factory.mktemp("model") / "rpn.keras")
+    model.save(path)
+    return path
+
+
+def complete_versions(model_dir):
+    """Numeric folders; each must hold a SavedModel and its warmup records."""
+    versions = sorted(name for name in os.listdir(model_dir) if name.isdigit()) if os.path.isdir(model_dir) else []
+    for version in versions:
+        folder = os.path.join(model_dir, version)
+        assert os.path.exists(os.path.join(folder, "saved_model.pb")), f"{folder} has no saved_model.pb"
+        assert os.path.exists(os.path.join(folder, WARMUP_FILE)), f"{folder} has no warmup records"
+        assert os.path.isdir(os.path.join(folder, "variables")), f"{folder} has no variables/"
+    return versions
+
+
+def test_sigkill_at_any_moment_leaves_only_complete_versions(keras_file, tmp_path):
+    base = tmp_path / "serving"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
+    for delay in (0.5, 1.5, 3.0):  # after the model is loaded: early, mid and late in an export (each ~1-2 s)
+        process = subprocess.Popen([sys.executable, "-c", EXPORT_LOOP, keras_file, str(base)], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            assert process.stdout.readline().strip() == "ready"
+            time.sleep(delay)
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        complete_versions(base / "rpn")
+    # The next export cleans up what the killed ones left and adds a complete version.
+    path = export_saved_model(keras_file, str(base), "rpn")
+    assert os.path.basename(path) in complete_versions(base / "rpn")
+    assert not [name for name in os.listdir(base / "rpn") if not name.isdigit()]
