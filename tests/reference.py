@@ -120,10 +120,16 @@ def proposals_np(anchors, logits, deltas, image_size, pre_nms, post_nms, nms_iou
     boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, image_size[1])
     keep = np.where((boxes[:, 2] - boxes[:, 0] >= min_size) & (boxes[:, 3] - boxes[:, 1] >= min_size))[0]
     order = keep[np.argsort(-logits[keep], kind="stable")][:pre_nms]
+    selected = greedy_nms_np(boxes, order, post_nms, nms_iou)
+    return boxes[selected], 1 / (1 + np.exp(-logits[selected]))
+
+
+def greedy_nms_np(boxes, order, max_output, nms_iou):
+    """Greedy NMS over ``boxes[order]`` (best first): the kept indices, at most ``max_output``."""
     selected = []
-    while len(order) and len(selected) < post_nms:
+    while len(order) and len(selected) < max_output:
         best = order[0]
         selected.append(best)
         rest = order[1:]
         order = rest[iou_np(boxes[rest], boxes[best:best + 1])[:, 0] <= nms_iou]
-    return boxes[selected], 1 / (1 + np.exp(-logits[selected]))
+    return selected

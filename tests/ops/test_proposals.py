@@ -61,7 +61,7 @@ def test_proposals_agree_with_numpy_reference(seed, nms, jit_compile):
 def per_level_proposals_np(anchors, logits, deltas, image_size, level_sizes, pre_nms, post_nms, nms_iou=0.7,
                            min_size=16.0):
     """torchvision / detectron2 rule: per level top-k, NMS within each level, the best post_nms of all levels."""
-    from reference import decode_np, iou_np
+    from reference import decode_np, greedy_nms_np
 
     boxes = decode_np(deltas.astype(np.float64), anchors.astype(np.float64))
     boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, image_size[0])
@@ -72,13 +72,7 @@ def per_level_proposals_np(anchors, logits, deltas, image_size, level_sizes, pre
         index = np.arange(start, start + size)
         index = index[big[index]]
         order = index[np.argsort(-logits[index], kind="stable")][:pre_nms]
-        level_kept = []
-        while len(order) and len(level_kept) < post_nms:
-            best = order[0]
-            level_kept.append(best)
-            rest = order[1:]
-            order = rest[iou_np(boxes[rest], boxes[best:best + 1])[:, 0] <= nms_iou]
-        kept += level_kept
+        kept += greedy_nms_np(boxes, order, post_nms, nms_iou)
         start += size
     kept = sorted(kept, key=lambda i: -logits[i])[:post_nms]
     return boxes[kept], 1 / (1 + np.exp(-logits[kept]))
