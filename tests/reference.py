@@ -60,7 +60,7 @@ def label_np(anchors, gt_boxes, image_size, positive_iou=0.7, negative_iou=0.3, 
     argmax = ious.argmax(axis=1)
     max_ious = ious[np.arange(len(inside)), argmax]
     gt_max = ious.max(axis=0)
-    forced = np.where((ious >= gt_max - 1e-6) & (gt_max > 0))[0]  # ties within 1e-6, as documented
+    forced = np.where((ious >= gt_max * (1 - 4e-6)) & (ious > 0))[0]  # ties within 4e-6 relative, as documented
     inside_labels = -np.ones(len(inside), dtype=np.int32)
     inside_labels[max_ious < negative_iou] = 0
     inside_labels[forced] = 1

@@ -36,6 +36,8 @@ class TargetConfig:
       box_format: format of the GT boxes given to the encoder: ``"yxyx"``, ``"xyxy"`` or ``"xywh"``.
       normalized_boxes: whether those boxes are in ``[0, 1]`` units of the image height / width.
       max_boxes: GT boxes are padded to this count in the encoder's output (more raises an error).
+      min_gt_size: GT boxes whose height or width on the canvas is below this many pixels (1) are ignored by
+        matching (neither matched nor forcing a positive) and counted in the encoder's ``num_ignored_boxes``.
       seed: ``None`` for fresh random samples on every call; an int makes the sample a deterministic function of
         ``(seed, padded GT boxes)``, so every pass over a dataset gives identical targets.
       validate: check GT boxes for NaN/Inf and inverted boxes (``InvalidArgumentError`` naming the problem).
@@ -51,6 +53,7 @@ class TargetConfig:
     box_format: str = "yxyx"
     normalized_boxes: bool = False
     max_boxes: int = 100
+    min_gt_size: float = 1.0
     seed: Union[int, None] = None
     validate: bool = True
 
@@ -63,6 +66,8 @@ class TargetConfig:
                              f"positive_iou={positive_iou}")
         if not isinstance(self.allowed_border, (int, float)) or not math.isfinite(self.allowed_border):
             raise ValueError(f"TargetConfig.allowed_border must be a finite number, got {self.allowed_border!r}")
+        if not isinstance(self.min_gt_size, (int, float)) or not 0 <= self.min_gt_size < math.inf:
+            raise ValueError(f"TargetConfig.min_gt_size must be a finite number >= 0, got {self.min_gt_size!r}")
         if self.sampling not in SAMPLING_MODES:
             raise ValueError(f"TargetConfig.sampling must be one of {SAMPLING_MODES}, got {self.sampling!r}")
         if self.box_format not in BOX_FORMATS:

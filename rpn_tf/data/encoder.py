@@ -13,9 +13,11 @@ import tensorflow as tf
 
 from rpn_tf.config import DEFAULT_IMAGE_SIZE, AnchorConfig, TargetConfig, as_anchor_config, as_resize_config, \
     config_from_kwargs, validate_image_size
-from rpn_tf.data.gt_boxes import classes_for, pad_boxes, to_yxyx_pixels, validate_gt_boxes
+from rpn_tf.data.gt_boxes import check_boxes_in_image, classes_for, drop_padding_rows, pad_boxes, to_yxyx_pixels, \
+    validate_gt_boxes
 from rpn_tf.data.resize import prepare_image, resize_to_canvas
 from rpn_tf.ops.anchors import anchor_cell_origins, generate_anchors
+from rpn_tf.ops.box_ops import clip_boxes
 from rpn_tf.ops.sampling import content_seeds
 from rpn_tf.ops.targets import RpnTargetAssigner
 
@@ -84,7 +86,8 @@ class RpnTargetEncoder:
           ``matched_gt_index`` the GT row each anchor is matched to (-1 for outside anchors or no valid GT).
         """
         boxes, added_batch = self._batched(gt_boxes)
-        labels, matched_gt_index, _ = self.assigner.matcher(boxes, valid_sizes=_batched_sizes(valid_sizes))
+        labels, matched_gt_index, _ = self.assigner.matcher(boxes, self.assigner.usable_gt(boxes),
+                                                            _batched_sizes(valid_sizes))
         if added_batch:
             return labels[0], matched_gt_index[0]
         return labels, matched_gt_index
@@ -124,26 +127,34 @@ class RpnTargetEncoder:
           ``[A, 4]``, ``gt_boxes`` ``[M, 4]`` yxyx canvas pixels padded with -1, ``gt_classes`` ``[M]`` padded with
           -1 (1 when the input has no classes), ``num_boxes`` (scalar int32), ``image_scale`` float32 ``[2]``
           (canvas pixels per original pixel, ``(sy, sx)``) and ``valid_size`` int32 ``[2]`` (the unpadded ``(h, w)``
-          on the canvas). Every shape is static, so ``.batch(B)`` works.
+          on the canvas), ``num_ignored_boxes`` (boxes below ``min_gt_size``). Every shape is static, so
+          ``.batch(B)`` works. Rows of -1 in the input are padding and dropped; boxes crossing the border are
+          clipped to the image; boxes entirely outside it, or that look normalized when ``normalized_boxes`` is
+          off, raise ``InvalidArgumentError`` naming the box.
         """
         image, gt_boxes, gt_classes = _parse_element(image, gt_boxes)
         image = prepare_image(image)
         original_size = tf.shape(image)[:2]
         image, scale, valid_size = resize_to_canvas(image, self.image_size, self.resize)
+        gt_boxes, gt_classes = drop_padding_rows(gt_boxes, gt_classes)
         boxes, added_batch = self._batched(gt_boxes, image_size=original_size)
         if not added_batch:
             raise ValueError(f"gt_boxes of one example must be [G, 4], got shape {boxes.shape}")
         boxes = boxes[0]
+        if self.config.validate:
+            boxes = check_boxes_in_image(boxes, original_size, self.config.normalized_boxes)
         gt_classes = classes_for(boxes, gt_classes)
-        boxes = boxes * tf.concat([scale, scale], axis=0)
+        # Boxes crossing the border are clipped to the image, then mapped onto the canvas.
+        boxes = clip_boxes(boxes, tf.cast(original_size, tf.float32)) * tf.concat([scale, scale], axis=0)
         padded_boxes, padded_classes, num_boxes = pad_boxes(boxes, gt_classes, self.config.max_boxes)
         # Labels come from the unpadded boxes (padding rows change nothing but cost time); the seed comes from
         # the padded ones, so that encoding a batch of padded GT later (e.g. on the accelerator) gives the same
         # sample.
         seeds = None if self.config.seed is None else content_seeds(self.config.seed, padded_boxes[None])
         targets = {name: value[0] for name, value in self.assigner(boxes[None], seeds, valid_size[None]).items()}
+        num_ignored = tf.reduce_sum(tf.cast(~self.assigner.usable_gt(boxes[None])[0], tf.int32))
         targets.update(gt_boxes=padded_boxes, gt_classes=padded_classes, num_boxes=num_boxes, image_scale=scale,
-                       valid_size=valid_size)
+                       valid_size=valid_size, num_ignored_boxes=num_ignored)
         return image, targets
 
 

@@ -77,3 +77,38 @@ def classes_for(gt_boxes, gt_classes=None):
                                       message="'classes' and 'boxes' have different lengths")
     with tf.control_dependencies([check]):
         return tf.identity(gt_classes)
+
+
+def drop_padding_rows(gt_boxes, gt_classes=None):
+    """Drops rows of ``[G, 4]`` boxes that are all -1 (padding given in the input) and their classes."""
+    gt_boxes = tf.cast(gt_boxes, tf.float32)
+    if gt_boxes.shape.rank != 2:
+        return gt_boxes, gt_classes
+    keep = tf.where(~tf.reduce_all(gt_boxes == GT_PADDING_VALUE, axis=-1))[:, 0]
+    if gt_classes is not None:
+        gt_classes = tf.gather(classes_for(gt_boxes, gt_classes), keep)  # lengths checked first
+    return tf.gather(gt_boxes, keep), gt_classes
+
+
+def check_boxes_in_image(gt_boxes, image_size, normalized=False, name="gt_boxes"):
+    """Asserts that no yxyx pixel box of ``[G, 4]`` lies entirely outside an image of ``image_size`` (``[2]``)
+    and, unless the boxes were declared ``normalized``, that they do not look normalized (every coordinate ≤ 1.5
+    on an image of 64 px or more). Returns ``gt_boxes``."""
+    size = tf.cast(image_size, tf.float32)
+    height, width = size[0], size[1]
+    outside = (gt_boxes[:, 0] >= height) | (gt_boxes[:, 1] >= width) | (gt_boxes[:, 2] <= 0.0) | \
+        (gt_boxes[:, 3] <= 0.0)
+    checks = [tf.debugging.Assert(
+        ~tf.reduce_any(outside),
+        [f"{name}: a box lies entirely outside the image (height, width) =", size, "; first such box "
+         "[y1, x1, y2, x2]:", tf.boolean_mask(gt_boxes, outside)[:1], "(check box_format and the image)"],
+        name="assert_gt_boxes_inside_image")]
+    if not normalized:
+        looks_normalized = (tf.shape(gt_boxes)[0] > 0) & (tf.minimum(height, width) >= 64.0) & \
+            tf.reduce_all(gt_boxes <= 1.5)
+        checks.append(tf.debugging.Assert(
+            ~looks_normalized,
+            [f"{name}: every coordinate is <= 1.5 on an image of (height, width) =", size,
+             "; these look like normalized boxes: pass normalized_boxes=True"], name="assert_gt_boxes_in_pixels"))
+    with tf.control_dependencies(checks):
+        return tf.identity(gt_boxes)

@@ -20,6 +20,14 @@ def prepare_image(image):
         image = tf.image.grayscale_to_rgb(image)
     elif image.shape[-1] is not None and image.shape[-1] != 3:
         raise ValueError(f"image must have 1 or 3 channels, got shape {image.shape}")
+    elif image.shape[-1] is None:  # e.g. decode_image inside ds.map: checked when the image arrives
+        channels = tf.shape(image)[-1]
+        check = tf.debugging.Assert((channels == 1) | (channels == 3),
+                                    ["image must have 1 or 3 channels (decode with channels=3), got", channels],
+                                    name="assert_image_channels")
+        with tf.control_dependencies([check]):
+            image = tf.cond(channels == 1, lambda: tf.tile(image[..., :1], [1, 1, 3]), lambda: image[..., :3])
+        image = tf.ensure_shape(image, [None, None, 3])
     return image
 
 

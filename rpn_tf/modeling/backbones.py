@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from rpn_tf.config import validate_image_size
 from rpn_tf.modeling.fpn import feature_pyramid
@@ -110,12 +111,8 @@ def _fpn_backbone(name, image_size, weights):
 def feature_strides(model, image_size):
     """Strides of a backbone's output maps (a map, a list or a dict of maps), finest first, from their static
     sizes: the powers of two ``s`` with ``ceil(size / s)`` equal to the map's size."""
-    outputs = model.output
-    if isinstance(outputs, dict):
-        outputs = list(outputs.values())
-    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
     strides = []
-    for output in sorted(outputs, key=lambda o: -int(o.shape[1])):
+    for output in feature_list(model.output):
         size = (int(output.shape[1]), int(output.shape[2]))
         matches = [2 ** k for k in range(12)
                    if (-(-image_size[0] // 2 ** k), -(-image_size[1] // 2 ** k)) == size]
@@ -173,3 +170,27 @@ def build_backbone(backbone, image_size, weights=None, stride=None, freeze_layer
     for layer in model.layers[:freeze_layers]:
         layer.trainable = False
     return model, strides or (int(stride),), mode
+
+
+def feature_list(features):
+    """A backbone's output as a list of maps, finest first (a dict's levels sorted by size)."""
+    if isinstance(features, dict):
+        features = list(features.values())
+    if not isinstance(features, (list, tuple)):
+        return [features]
+    return sorted(features, key=lambda feature: -int(feature.shape[1]))
+
+
+def check_input_size(images, image_size):
+    """``images`` unchanged if they are ``image_size`` canvases; otherwise an error naming both sizes (statically
+    when the size is known, else when the images arrive), not a reshape error deep in the backbone."""
+    size = tuple(images.shape[1:3])
+    message = (f"RPNModel expects images of {image_size[0]}x{image_size[1]} (its image_size); use model.predict or "
+               "the model's target_encoder to resize images of other sizes")
+    if None not in size and size != tuple(image_size):
+        raise ValueError(f"{message}; got {size[0]}x{size[1]}")
+    if None in size:
+        check = tf.debugging.assert_equal(tf.shape(images)[1:3], tf.constant(image_size, tf.int32), message=message)
+        with tf.control_dependencies([check]):
+            images = tf.identity(images)
+    return images

@@ -1,4 +1,4 @@
-"""``CrashSafeBackup``: resume training after a kill at any moment.
+"""Training callbacks that survive a kill at any moment: ``CrashSafeBackup`` (resume) and ``AtomicCheckpoint``.
 
 Keras's ``BackupAndRestore`` rewrites its backup in place: a kill during the write leaves a truncated
 ``.weights.h5`` or an empty ``training_metadata.json`` and every restart then fails. Here every backup is a new file,
@@ -72,3 +72,39 @@ class CrashSafeBackup(keras.callbacks.Callback):
         if self.delete_on_end:
             for _, path in self.backups():
                 os.remove(path)
+
+
+def save_atomically(model, path):
+    """``model.save(path)`` through a temporary file and a rename: ``path`` is either the old file or the new one,
+    never half-written."""
+    directory, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(directory, f".tmp-{os.getpid()}-{name}")
+    try:
+        model.save(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path
+
+
+class AtomicCheckpoint(keras.callbacks.Callback):
+    """Saves the whole model (``.keras``) after every epoch with ``save_atomically``; with ``monitor`` (e.g.
+    ``"val_recall@300_iou0.5"``) only when that logged value improves (``mode="max"``) — the best model."""
+
+    def __init__(self, path, monitor=None, mode="max"):
+        super().__init__()
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.path, self.monitor, self.mode = str(path), monitor, mode
+        self.best = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.monitor is not None:
+            value = (logs or {}).get(self.monitor)
+            if value is None:
+                return
+            if self.best is not None and (value <= self.best if self.mode == "max" else value >= self.best):
+                return
+            self.best = value
+        save_atomically(self.model, self.path)

@@ -14,7 +14,7 @@ from rpn_tf.config import DEFAULT_IMAGE_SIZE, AnchorConfig, MultiLevelAnchorConf
     as_anchor_config, as_resize_config, config_from_kwargs, config_to_dict, validate_image_size
 from rpn_tf.data.encoder import RpnTargetEncoder
 from rpn_tf.data.resize import resize_to_canvas
-from rpn_tf.modeling.backbones import ImagePreprocessing, build_backbone
+from rpn_tf.modeling.backbones import ImagePreprocessing, build_backbone, check_input_size, feature_list
 from rpn_tf.modeling.head import RpnHead
 from rpn_tf.modeling.losses import RpnLoss
 from rpn_tf.modeling.metrics import ProposalRecall, RatioMean
@@ -110,7 +110,7 @@ class RPNModel(keras.Model):
                              f"{tuple(level.stride for level in levels)}")
         if len({level.num_anchors_per_location for level in levels}) != 1:
             raise ValueError("every anchor level needs the same number of anchors per location (one shared head)")
-        outputs = self._feature_list(self.backbone.output)
+        outputs = feature_list(self.backbone.output)
         for level, output in zip(levels, outputs):
             expected = level.feature_map_size(self.image_size)
             if tuple(output.shape[1:3]) != expected:
@@ -139,15 +139,6 @@ class RPNModel(keras.Model):
         # Built at construction (shapes are static), so load_weights works on a fresh model.
         self.build()
 
-    @staticmethod
-    def _feature_list(features):
-        """The backbone's output as a list of maps, finest first (a dict's levels sorted by size)."""
-        if isinstance(features, dict):
-            features = list(features.values())
-        if not isinstance(features, (list, tuple)):
-            return [features]
-        return sorted(features, key=lambda feature: -int(feature.shape[1]))
-
     @property
     def backbone_stride(self) -> int:
         """The stride of a single-level backbone (the finest level's for a pyramid)."""
@@ -156,7 +147,7 @@ class RPNModel(keras.Model):
     def build(self, input_shape=None):
         """Builds every layer from the static input size (``input_shape`` is implied by ``image_size``)."""
         self.preprocessing.build((None, *self.image_size, 3))
-        self.head.build(tuple(self._feature_list(self.backbone.output)[0].shape))
+        self.head.build(tuple(feature_list(self.backbone.output)[0].shape))
         self.built = True
 
     @property
@@ -169,7 +160,8 @@ class RPNModel(keras.Model):
         return self.target_encoder.anchors
 
     def call(self, images, training=None):
-        features = self._feature_list(self.backbone(self.preprocessing(images), training=training))
+        images = check_input_size(images, self.image_size)
+        features = feature_list(self.backbone(self.preprocessing(images), training=training))
         outputs = [self.head(feature) for feature in features]  # one shared head, level by level
         logits = keras.ops.concatenate([logits for logits, _ in outputs], axis=1)
         deltas = keras.ops.concatenate([deltas for _, deltas in outputs], axis=1)

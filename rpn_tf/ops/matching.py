@@ -16,10 +16,11 @@ from rpn_tf.ops.box_ops import iou_matrix
 POSITIVE = 1
 NEGATIVE = 0
 IGNORE = -1
-# IoUs within this of a GT box's best IoU count as tied for "best anchor". The anchor grid makes exact ties common
-# (a box centred between two anchors), and float32 rounding — which differs between CPU kernels, XLA fusions and
-# GPUs — would otherwise break them at random.
-TIE_TOLERANCE = 1e-6
+# IoUs within this *fraction* of a GT box's best IoU count as tied for "best anchor". The anchor grid makes exact
+# ties common (a box centred between two anchors), and float32 rounding — which differs between CPU kernels, XLA
+# fusions and GPUs — would otherwise break them at random. Relative, so that a tiny box (best IoU 1e-7) does not
+# tie with every anchor it does not touch; a tied anchor also needs IoU > 0.
+TIE_TOLERANCE = 4e-6
 
 
 def anchors_inside_image(anchors, image_size, allowed_border=0.0):
@@ -82,7 +83,7 @@ class AnchorMatcher:
     """Labels a fixed set of anchors against batches of GT boxes (the article's rules).
 
     Among inside anchors: max IoU < ``negative_iou`` → 0; then every anchor whose IoU with a GT box equals that
-    box's highest IoU over the inside anchors (ties within ``TIE_TOLERANCE`` included, only where that
+    box's highest IoU over the inside anchors (ties within a relative ``TIE_TOLERANCE`` included, only where that
     IoU > 0) → 1; then max IoU ≥
     ``positive_iou`` → 1; the rest → -1. Anchors crossing the border by more than ``allowed_border`` are -1.
 
@@ -179,7 +180,8 @@ class AnchorMatcher:
         labels = tf.where(max_iou < self.negative_iou, NEGATIVE, IGNORE)
         # Each valid GT box's best IoU over the inside anchors; every anchor reaching it is forced positive.
         gt_best_iou = tf.reduce_max(iou, axis=2, keepdims=True)  # (B, G, 1); -1 for invalid GT
-        forced = tf.reduce_any((iou >= gt_best_iou - TIE_TOLERANCE) & (gt_best_iou > 0.0), axis=1)  # (B, A_in)
+        tied = (iou >= gt_best_iou * (1.0 - TIE_TOLERANCE)) & (iou > 0.0)
+        forced = tf.reduce_any(tied, axis=1)  # (B, A_in)
         labels = tf.where(forced | (max_iou >= self.positive_iou), POSITIVE, labels)
         if anchor_valid is not None:  # anchors of the padding are outside anchors
             labels = tf.where(anchor_valid, labels, IGNORE)

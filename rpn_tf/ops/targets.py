@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from rpn_tf.config import TargetConfig
 from rpn_tf.ops.box_coder import BoxCoder
-from rpn_tf.ops.matching import IGNORE, AnchorMatcher
+from rpn_tf.ops.matching import IGNORE, AnchorMatcher, valid_gt_mask
 from rpn_tf.ops.sampling import content_seeds, random_seeds, sample_balanced
 
 
@@ -40,13 +40,19 @@ class RpnTargetAssigner:
             return random_seeds(tf.shape(gt_boxes)[0], self._generator)
         return content_seeds(self.config.seed, gt_boxes)
 
+    def usable_gt(self, gt_boxes):
+        """bool ``[B, G]``: GT rows that take part in matching — valid and at least ``min_gt_size`` on each side."""
+        size = self.config.min_gt_size
+        return valid_gt_mask(gt_boxes) & (gt_boxes[..., 2] - gt_boxes[..., 0] >= size) & \
+            (gt_boxes[..., 3] - gt_boxes[..., 1] >= size)
+
     def inside_targets(self, gt_boxes, valid_sizes=None):
         """Labels before sampling and deltas of the inside anchors: ``([B, A_in] int32, [B, A_in, 4] float32)``.
 
         ``gt_boxes``: float32 ``[B, G, 4]`` yxyx network pixels, validated (padding rows of -1 allowed);
         ``valid_sizes``: optional ``[B, 2]`` unpadded ``(h, w)`` of each image on the canvas.
         """
-        labels, matched_gt_index, _ = self.matcher.match_inside(gt_boxes, valid_sizes=valid_sizes)
+        labels, matched_gt_index, _ = self.matcher.match_inside(gt_boxes, self.usable_gt(gt_boxes), valid_sizes)
         # Deltas from per-GT terms (computed once per GT box, then gathered) and constant per-anchor terms.
         gt_terms = BoxCoder.box_terms(gt_boxes)  # (B, G, 4)
         # One spare row keeps the gather in range when G == 0; unmatched anchors never use what it returns.

@@ -109,17 +109,20 @@ def command_train(args):
     dataset = (load_dataset(args).shuffle(256, reshuffle_each_iteration=True)
                .map(model.target_encoder, num_parallel_calls=tf.data.AUTOTUNE)
                .batch(args.batch_size).prefetch(tf.data.AUTOTUNE))
+    from rpn_tf.modeling.callbacks import AtomicCheckpoint, CrashSafeBackup, save_atomically
+
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate))
-    callbacks = [
-        keras.callbacks.ModelCheckpoint(os.path.join(args.out, "checkpoint.keras")),
-        keras.callbacks.TensorBoard(os.path.join(args.out, "logs")),
-        # Resume: an interrupted run restarts from its last finished epoch when run again with the same --out.
-        keras.callbacks.BackupAndRestore(os.path.join(args.out, "backup")),
-    ]
+    # Resume: an interrupted run (even killed mid-write) restarts from its last finished epoch when run again with
+    # the same --out.
+    backup = CrashSafeBackup(os.path.join(args.out, "backup"))
+    initial_epoch = backup.restore(model)
+    callbacks = [AtomicCheckpoint(os.path.join(args.out, "checkpoint.keras")),
+                 keras.callbacks.TensorBoard(os.path.join(args.out, "logs")), backup]
     start = time.perf_counter()
-    model.fit(dataset, epochs=args.epochs, callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+    model.fit(dataset, epochs=args.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+              verbose=1 if sys.stdout.isatty() else 2)
     path = os.path.join(args.out, "model.keras")
-    model.save(path)
+    save_atomically(model, path)
     print(f"trained in {time.perf_counter() - start:.0f} s; saved {path}")
     return 0
 
