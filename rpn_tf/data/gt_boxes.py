@@ -15,19 +15,8 @@ DEFAULT_CLASS = 1  # class given to boxes of inputs that carry no classes (class
 
 
 def validate_gt_boxes(gt_boxes, name="gt_boxes"):
-    """Raises ``InvalidArgumentError`` (via ``tf.debugging``) if yxyx ``gt_boxes`` hold non-finite values or
-    inverted boxes (y2 < y1 or x2 < x1). Padding rows of -1 and zero-area boxes pass. Returns ``gt_boxes``."""
-    gt_boxes = tf.debugging.assert_all_finite(
-        gt_boxes, f"{name} contain NaN or Inf coordinates; boxes must be finite [y1, x1, y2, x2] pixels")
-    inverted = (gt_boxes[..., 2] < gt_boxes[..., 0]) | (gt_boxes[..., 3] < gt_boxes[..., 1])
-    check = tf.debugging.Assert(
-        tf.logical_not(tf.reduce_any(inverted)),
-        [f"{name} contain inverted boxes (y2 < y1 or x2 < x1); boxes must be [y1, x1, y2, x2] with y1 <= y2 "
-         "and x1 <= x2 (check box_format). First inverted box:",
-         tf.boolean_mask(tf.reshape(gt_boxes, [-1, 4]), tf.reshape(inverted, [-1]))[:1]],
-        name="assert_gt_boxes_not_inverted")
-    with tf.control_dependencies([check]):
-        return tf.identity(gt_boxes)
+    """``rpn_tf.ops.box_ops.validate_boxes``: NaN / Inf and inverted boxes raise ``InvalidArgumentError``."""
+    return box_ops.validate_boxes(gt_boxes, name)
 
 
 def to_yxyx_pixels(gt_boxes, box_format, normalized, image_size):

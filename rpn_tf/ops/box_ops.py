@@ -171,3 +171,19 @@ def clip_boxes(boxes, image_size):
     x1 = tf.clip_by_value(x1, 0.0, width)
     x2 = tf.clip_by_value(x2, 0.0, width)
     return tf.stack([y1, x1, y2, x2], axis=-1)
+
+
+def validate_boxes(boxes, name="gt_boxes"):
+    """Raises ``InvalidArgumentError`` (via ``tf.debugging``) if yxyx ``boxes`` hold non-finite values or inverted
+    boxes (y2 < y1 or x2 < x1). Padding rows of -1 and zero-area boxes pass. Returns ``boxes``."""
+    boxes = tf.debugging.assert_all_finite(
+        boxes, f"{name} contain NaN or Inf coordinates; boxes must be finite [y1, x1, y2, x2] pixels")
+    inverted = (boxes[..., 2] < boxes[..., 0]) | (boxes[..., 3] < boxes[..., 1])
+    check = tf.debugging.Assert(
+        tf.logical_not(tf.reduce_any(inverted)),
+        [f"{name} contain inverted boxes (y2 < y1 or x2 < x1); boxes must be [y1, x1, y2, x2] with y1 <= y2 "
+         "and x1 <= x2 (check box_format). First inverted box:",
+         tf.boolean_mask(tf.reshape(boxes, [-1, 4]), tf.reshape(inverted, [-1]))[:1]],
+        name=f"assert_{name}_not_inverted")
+    with tf.control_dependencies([check]):
+        return tf.identity(boxes)

@@ -42,7 +42,8 @@ class RoiSampler(tf.Module):
 
         Args:
           proposals: float32 ``Tensor[B, N, 4]`` yxyx (e.g. ``generate_proposals(...)["boxes"]``).
-          gt_boxes: float32 ``Tensor[B, M, 4]`` yxyx, padded with -1.
+          gt_boxes: float32 ``Tensor[B, M, 4]`` yxyx, padded with -1 (NaN / Inf or inverted boxes, here or in
+            ``proposals``, raise ``InvalidArgumentError`` naming the input).
           gt_classes: int ``Tensor[B, M]`` (≥ 1 for objects), padded with -1.
           num_proposals: int ``Tensor[B]``: valid proposals per image (default: all N).
 
@@ -52,8 +53,8 @@ class RoiSampler(tf.Module):
           zeros elsewhere) and ``matched_gt_index`` int32 ``[B, R]`` (-1 except for positives).
         """
         config = self.config
-        proposals = tf.convert_to_tensor(proposals, tf.float32)
-        gt_boxes = tf.convert_to_tensor(gt_boxes, tf.float32)
+        proposals = box_ops.validate_boxes(tf.convert_to_tensor(proposals, tf.float32), "proposals")
+        gt_boxes = box_ops.validate_boxes(tf.convert_to_tensor(gt_boxes, tf.float32), "gt_boxes")
         gt_classes = tf.cast(gt_classes, tf.int32)
         num_slots = tf.shape(proposals)[1]
         if num_proposals is None:

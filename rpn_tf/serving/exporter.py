@@ -19,7 +19,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from rpn_tf.modeling.rpn_model import RPNModel
 from rpn_tf.serving import client
-from rpn_tf.serving.module import IMAGE_SIGNATURES, RpnServingModule  # noqa: F401  (IMAGE_SIGNATURES re-exported)
+from rpn_tf.serving.module import DEFAULT_MAX_PIXELS, IMAGE_SIGNATURES, RpnServingModule  # noqa: F401
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 _TEMPORARY_MARK = ".tmp-"
@@ -110,7 +110,7 @@ def _process_alive(pid):
 
 
 def export_saved_model(model, base_dir, model_name="rpn", version=None, roi_sampler=None,
-                       warmup_jpeg=None) -> str:
+                       warmup_jpeg=None, max_pixels=DEFAULT_MAX_PIXELS) -> str:
     """Writes ``base_dir/model_name/version/`` (a SavedModel with warmup records) and returns that path.
 
     Args:
@@ -120,6 +120,8 @@ def export_saved_model(model, base_dir, model_name="rpn", version=None, roi_samp
       version: integer version ≥ 1; default: the next free one. An existing version is never overwritten.
       roi_sampler: the ``RoiSampler`` behind ``sample_rois`` (default: ``RoiSampler(seed=0)``).
       warmup_jpeg: JPEG bytes for the warmup requests (default: a synthetic image).
+      max_pixels: encoded images above this height × width (read from the header, before decoding) are refused
+        with ``InvalidArgument`` naming the element (default 36 000 000).
     """
     if isinstance(model, str):
         model = load_model(model)
@@ -134,7 +136,7 @@ def export_saved_model(model, base_dir, model_name="rpn", version=None, roi_samp
     temporary_dir = os.path.join(model_dir, f".{version}{_TEMPORARY_MARK}{os.getpid()}")
     os.makedirs(model_dir, exist_ok=True)
     try:
-        module = RpnServingModule(model, roi_sampler)
+        module = RpnServingModule(model, roi_sampler, max_pixels)
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.track(module.roi_sampler)

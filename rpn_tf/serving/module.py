@@ -22,7 +22,34 @@ from rpn_tf.ops.roi_sampling import RoiSampler
 
 IMAGE_SIGNATURES = ("serving_default", "image_tensor", "tf_example")
 IMAGE_OUTPUTS = ("proposal_boxes", "proposal_scores", "num_proposals", "image_scale")
+# Decoded images are bounded: an image's height × width is read from its header (JPEG, PNG, GIF, BMP) and checked
+# before decoding (TF itself caps only JPEG). 36 Mpx = 6000 × 6000 ≈ 108 MB as uint8.
+DEFAULT_MAX_PIXELS = 36_000_000
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")
+
+
+def _header_uint(data, offset, length, little_endian):
+    raw = tf.cast(tf.io.decode_raw(tf.strings.substr(data, offset, length), tf.uint8), tf.int64)
+    weights = 256 ** tf.range(length, dtype=tf.int64)
+    return tf.reduce_sum(raw * (weights if little_endian else tf.reverse(weights, [0])))
+
+
+def header_size(data):
+    """``(height, width)`` int64 of an encoded JPEG / PNG / GIF / BMP from its header, without decoding."""
+    head = tf.strings.substr(data, 0, 4)
+
+    def bmp():
+        height = _header_uint(data, 22, 4, True)
+        height = tf.where(height >= 2 ** 31, 2 ** 32 - height, height)  # top-down BMPs store -height
+        return tf.stack([height, _header_uint(data, 18, 4, True)])
+
+    return tf.case([
+        (tf.strings.substr(head, 0, 3) == b"\xff\xd8\xff",
+         lambda: tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64)),
+        (head == b"\x89PNG", lambda: tf.stack([_header_uint(data, 20, 4, False), _header_uint(data, 16, 4, False)])),
+        (tf.strings.substr(head, 0, 3) == b"GIF",
+         lambda: tf.stack([_header_uint(data, 8, 2, True), _header_uint(data, 6, 2, True)]))],
+        default=bmp)
 
 
 def check_encoded_images(encoded, input_name):
@@ -49,8 +76,9 @@ class RpnServingModule:
     ``keras.export.ExportArchive`` (see ``rpn_tf.serving.exporter``).
     """
 
-    def __init__(self, model, roi_sampler: RoiSampler | None = None):
+    def __init__(self, model, roi_sampler: RoiSampler | None = None, max_pixels=DEFAULT_MAX_PIXELS):
         self.model = model
+        self.max_pixels = int(max_pixels)
         self.roi_sampler = roi_sampler or RoiSampler(seed=0)
         self.image_size = tuple(model.image_size)
 
@@ -62,13 +90,22 @@ class RpnServingModule:
         with tf.control_dependencies(check_encoded_images(encoded, input_name)):
             encoded = tf.identity(encoded)
 
-        def decode(data):
-            image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        def decode(element):
+            index, data = element
+            size = header_size(data)
+            check = tf.debugging.Assert(
+                size[0] * size[1] <= self.max_pixels,
+                [f"{input_name}: element", index, "is an image of (height, width)", size, "pixels, more than the "
+                 f"limit of {self.max_pixels} pixels (RpnServingModule / export_saved_model max_pixels)"],
+                name=f"assert_{input_name.replace('/', '_')}_size")
+            with tf.control_dependencies([check]):
+                image = tf.io.decode_image(data, channels=3, expand_animations=False)
             canvas, scale, valid_size = resize_to_canvas(image, self.image_size, self.model.resize)
             return canvas, scale, tf.cast(valid_size, tf.float32), tf.cast(tf.shape(image)[:2], tf.float32)
 
         vector = tf.TensorSpec([2], tf.float32)
-        return self._infer(*tf.map_fn(decode, encoded, fn_output_signature=(
+        indices = tf.range(tf.size(encoded, out_type=tf.int64))
+        return self._infer(*tf.map_fn(decode, (indices, encoded), fn_output_signature=(
             tf.TensorSpec([*self.image_size, 3], tf.uint8), vector, vector, vector)))
 
     def serve_encoded_images(self, encoded_images):

@@ -185,9 +185,20 @@ def command_predict(args):
     module = RpnServingModule(load_model(args.model, args.config))
     serve = tf.function(module.serve_encoded_images)
     os.makedirs(args.out, exist_ok=True)
+    failed = 0
     for path in paths:
         data = tf.io.read_file(path)
-        outputs = serve(tf.reshape(data, [1]))
+        try:
+            outputs = serve(tf.reshape(data, [1]))
+        except tf.errors.InvalidArgumentError as error:
+            reason = error.message.strip().splitlines()[0][:300]
+            if not args.skip_errors:
+                print(f"error: {path}: not a readable image ({reason}); --skip-errors skips such files",
+                      file=sys.stderr)
+                return 2
+            print(f"warning: skipped {path}: not a readable image ({reason})", file=sys.stderr)
+            failed += 1
+            continue
         count = min(int(outputs["num_proposals"][0]), args.top_n)
         boxes = outputs["proposal_boxes"].numpy()[0, :count]
         scores = outputs["proposal_scores"].numpy()[0, :count]
@@ -198,6 +209,8 @@ def command_predict(args):
             json.dump({"image": path, "boxes_yxyx": boxes.round(2).tolist(), "scores": scores.round(5).tolist()},
                       file)
         print(f"{path}: {count} proposals -> {os.path.join(args.out, stem + '_proposals.png')}")
+    if failed:
+        print(f"skipped {failed} of {len(paths)} images", file=sys.stderr)
     return 0
 
 
@@ -265,6 +278,8 @@ def build_parser():
     predict.add_argument("--config", default=None)
     predict.add_argument("--out", default="predictions")
     predict.add_argument("--top-n", type=int, default=50)
+    predict.add_argument("--skip-errors", action="store_true",
+                         help="skip unreadable images (named in a warning) instead of stopping at the first")
     predict.set_defaults(run=command_predict)
 
     visualize = commands.add_parser("visualize-targets", help="PNG of the anchors labelled positive / negative")

@@ -42,7 +42,7 @@ def test_evaluate_diagnose_prints_the_waterfall_and_writes_a_plot(trained, tmp_p
     assert waterfall["stages"]["all anchors"]["iou0.5"] >= waterfall["stages"]["top 100 after NMS"]["iou0.5"]
 
 
-def test_export_and_predict(trained, tmp_path):
+def test_export_and_predict(trained, tmp_path, capsys):
     base = tmp_path / "serving"
     assert cli.main(["export", str(trained / "model.keras"), "--base-dir", str(base)]) == 0
     assert (base / "rpn" / "1" / "saved_model.pb").exists()
@@ -61,6 +61,13 @@ def test_export_and_predict(trained, tmp_path):
     assert all(box[2] <= 150 and box[3] <= 300 for box in b_boxes)  # original image pixels
     with pytest.raises(SystemExit, match="no images"):
         cli.main(["predict", str(trained / "model.keras"), str(tmp_path / "missing.jpg")])
+    # One unreadable image in the folder: stop naming it, or skip it with a named warning.
+    (images / "c.jpg").write_bytes(b"\xff\xd8\xff this is not a whole jpeg")
+    assert cli.main(["predict", str(trained / "model.keras"), str(images), "--out", str(out)]) == 2
+    assert "c.jpg: not a readable image" in capsys.readouterr().err
+    assert cli.main(["predict", str(trained / "model.keras"), str(images), "--out", str(out), "--skip-errors"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: skipped" in err and "c.jpg" in err and "skipped 1 of 3 images" in err
 
 
 def test_visualize_targets(tmp_path, capsys):

@@ -1,0 +1,83 @@
+"""Serving limits and bad requests: bounded decoding, named elements, validated GT, and a seeded fuzz."""
+
+import io
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import rpn_tf
+from rpn_tf.data import deepforest
+from rpn_tf.serving import export_saved_model
+from rpn_tf.serving.module import header_size
+
+
+def encoded(image, image_format):
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("image_format", ["JPEG", "PNG", "GIF", "BMP"])
+def test_header_size_equals_decoded_size(image_format):
+    image = np.random.default_rng(0).integers(0, 255, (37, 61, 3), dtype=np.uint8)
+    data = encoded(image, image_format)
+    np.testing.assert_array_equal(header_size(tf.constant(data)), [37, 61])
+    assert tf.io.decode_image(data, channels=3, expand_animations=False).shape[:2] == (37, 61)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    model = rpn_tf.RPNModel((64, 64), rpn_tf.AnchorConfig(stride=16, scales=(1.0, 2.0)), backbone="simple",
+                            head_channels=8)
+    path = export_saved_model(model, str(tmp_path_factory.mktemp("serving")), "rpn", max_pixels=100 * 100)
+    return tf.saved_model.load(path).signatures
+
+
+def test_images_above_the_pixel_limit_are_refused_before_decoding_naming_the_element(served):
+    small = encoded(np.zeros((40, 50, 3), np.uint8), "PNG")
+    large = encoded(np.zeros((120, 100, 3), np.uint8), "PNG")
+    out = served["serving_default"](encoded_images=tf.constant([small, small]))
+    assert out["proposal_boxes"].shape[0] == 2
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"element\] \[1\] .*more than the limit of 10000"):
+        served["serving_default"](encoded_images=tf.constant([small, large]))
+
+
+def test_sample_rois_rejects_nan_and_inverted_gt(served):
+    proposals = tf.constant([[[0, 0, 10, 10], [5, 5, 20, 20]]], tf.float32)
+    good = dict(proposals=proposals, num_proposals=tf.constant([2]), gt_classes=tf.constant([[1]]))
+    assert served["sample_rois"](gt_boxes=tf.constant([[[0, 0, 10, 12]]], tf.float32), **good)["rois"].shape[1] == 128
+    with pytest.raises(tf.errors.InvalidArgumentError, match="gt_boxes contain NaN"):
+        served["sample_rois"](gt_boxes=tf.constant([[[0, 0, np.nan, 12]]], tf.float32), **good)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="gt_boxes contain inverted boxes"):
+        served["sample_rois"](gt_boxes=tf.constant([[[0, 0, 10, -12]]], tf.float32), **good)
+
+
+def test_fuzzed_jpegs_get_a_result_or_invalid_argument(served):
+    """300 seeded mutations (byte flips, truncations, insertions, header edits) of a real photo."""
+    photo, _ = deepforest.load_deepforest_image(deepforest.EVAL_IMAGE)
+    original = tf.io.encode_jpeg(photo[:96, :96]).numpy()
+    rng = np.random.default_rng(2026)
+    outcomes = {"ok": 0, "invalid": 0}
+    for _ in range(300):
+        data = bytearray(original)
+        kind = rng.integers(4)
+        if kind == 0:
+            for position in rng.integers(0, len(data), size=rng.integers(1, 20)):
+                data[position] = rng.integers(256)
+        elif kind == 1:
+            data = data[:rng.integers(0, len(data))]
+        elif kind == 2:
+            position = rng.integers(0, len(data))
+            data[position:position] = bytes(rng.integers(0, 256, size=rng.integers(1, 64)).astype(np.uint8))
+        else:  # the SOF header: height / width bytes
+            start = original.find(b"\xff\xc0") + 5
+            data[start:start + 4] = bytes(rng.integers(0, 256, size=4).astype(np.uint8))
+        try:
+            out = served["serving_default"](encoded_images=tf.constant([bytes(data)]))
+            assert np.all(np.isfinite(out["proposal_boxes"].numpy()))
+            outcomes["ok"] += 1
+        except tf.errors.InvalidArgumentError:
+            outcomes["invalid"] += 1
+    assert outcomes["ok"] + outcomes["invalid"] == 300 and outcomes["ok"] > 0 and outcomes["invalid"] > 0
