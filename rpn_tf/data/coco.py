@@ -8,14 +8,17 @@ import os
 
 import tensorflow as tf
 
-from rpn_tf.data.records import SkipReport, check_boxes, check_on_error, file_dataset
+from rpn_tf.data.records import SkipReport, check_boxes, check_declared_size, check_on_error, file_dataset
 
 
 def from_coco(annotation_file, image_dir, on_error="raise", num_parallel_calls=tf.data.AUTOTUNE):
     """COCO instances JSON (``bbox`` is ``[x, y, w, h]``) → ``(dataset, SkipReport)``.
 
     ``iscrowd`` boxes are excluded (they mark crowds, not instances; as in COCO training practice they are neither
-    positives nor counted) and counted in the report. Images without annotations are kept (all-background)."""
+    positives nor counted) and counted in the report. Images without annotations are kept (all-background).
+    Raised (or, with ``on_error="skip"``, skipped and counted with the reason): an annotation whose ``image_id``
+    matches no image, a ``bbox`` that is not 4 numbers, a declared ``height`` / ``width`` that differs from the
+    image file's, an unreadable image file, boxes outside the image."""
     check_on_error(on_error)
     try:
         with open(annotation_file) as file:
@@ -29,6 +32,14 @@ def from_coco(annotation_file, image_dir, on_error="raise", num_parallel_calls=t
     by_image = collections.defaultdict(list)
     for annotation in coco["annotations"]:
         by_image[annotation.get("image_id")].append(annotation)
+    image_ids = {image.get("id") for image in coco["images"]}
+    for image_id in sorted(set(by_image) - image_ids, key=str):
+        for annotation in by_image.pop(image_id):
+            name = f"{annotation_file}: annotation {annotation.get('id')}"
+            message = f"{name}: its image_id {image_id!r} matches no entry of 'images'"
+            if on_error == "raise":
+                raise ValueError(message)
+            report.skipped[name] = message
     records = []
     for image in coco["images"]:
         name = f"{annotation_file}: image {image.get('id')} ({image.get('file_name')})"
@@ -39,6 +50,7 @@ def from_coco(annotation_file, image_dir, on_error="raise", num_parallel_calls=t
             path = os.path.join(image_dir, image["file_name"])
             if not os.path.exists(path):
                 raise ValueError(f"{name}: image file {path} not found")
+            check_declared_size(path, (image["height"], image["width"]), name)
             boxes, classes = [], []
             for annotation in by_image.get(image["id"], []):
                 if annotation.get("iscrowd", 0):
@@ -46,7 +58,12 @@ def from_coco(annotation_file, image_dir, on_error="raise", num_parallel_calls=t
                     continue
                 if "bbox" not in annotation or "category_id" not in annotation:
                     raise ValueError(f"{name}: annotation {annotation.get('id')} lacks 'bbox' or 'category_id'")
-                x, y, w, h = annotation["bbox"]
+                bbox = annotation["bbox"]
+                if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or \
+                        not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
+                    raise ValueError(f"{name}: annotation {annotation.get('id')} has bbox {bbox!r}; COCO bbox is "
+                                     "[x, y, width, height], 4 numbers")
+                x, y, w, h = bbox
                 boxes.append([y, x, y + h, x + w])
                 classes.append(int(annotation["category_id"]))
             check_boxes(boxes, (image["height"], image["width"]), name)

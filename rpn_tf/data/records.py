@@ -85,3 +85,26 @@ def file_dataset(records, num_parallel_calls):
         return {"image": decode_image_file(path), "boxes": image_boxes, "classes": image_classes}
 
     return dataset.map(load, num_parallel_calls=num_parallel_calls)
+
+
+def image_file_size(path, record):
+    """``(height, width)`` of an image file read from its header (no decoding); ``ValueError`` naming ``record``
+    if the file is no readable JPEG / PNG / GIF / BMP."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise ValueError(f"{record}: {path} is not a readable image ({type(error).__name__}: {error})") from error
+    return height, width
+
+
+def check_declared_size(path, declared_size, record):
+    """The decoded image's ``(height, width)``; ``ValueError`` naming ``record`` if the annotation declares
+    another size (boxes would be checked against the wrong image)."""
+    actual = image_file_size(path, record)
+    if tuple(int(v) for v in declared_size) != actual:
+        raise ValueError(f"{record}: the annotation declares a {declared_size[0]}x{declared_size[1]} image but "
+                         f"{path} is {actual[0]}x{actual[1]}")
+    return actual

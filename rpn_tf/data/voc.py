@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from rpn_tf.data.records import SkipReport, check_boxes, check_on_error, file_dataset
+from rpn_tf.data.records import SkipReport, check_boxes, check_declared_size, check_on_error, file_dataset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +61,9 @@ def read_voc_xml(path) -> VocAnnotation:
             raise ValueError(f"{path}: object {index} has an inverted box {(xmin, ymin, xmax, ymax)}")
         boxes.append([ymin, xmin, ymax, xmax])
         name = obj.find("name")
-        names.append(name.text if name is not None and name.text else "")
+        if name is None or not (name.text or "").strip():
+            raise ValueError(f"{path}: object {index} has no <name> (an empty class name)")
+        names.append(name.text.strip())
         flag = obj.find("difficult")
         difficult.append(flag is not None and (flag.text or "0").strip() == "1")
     filename = root.findtext("filename") or ""
@@ -99,6 +101,7 @@ def from_voc(root, class_names: Optional[Sequence[str]] = None, include_difficul
             image_path = os.path.join(root, "JPEGImages", image_name)
             if not os.path.exists(image_path):
                 raise ValueError(f"{path}: image {image_path} not found")
+            check_declared_size(image_path, annotation.image_size, path)
             keep = np.ones(len(annotation.boxes), bool) if include_difficult else ~annotation.difficult
             report.excluded_boxes["difficult"] += int(np.sum(~keep))
             unknown = sorted({n for n, k in zip(annotation.names, keep) if k and n not in class_ids})

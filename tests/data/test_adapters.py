@@ -151,3 +151,41 @@ def test_od_tfrecord_malformed_names_record(tmp_path):
         elements(adapters.read_od_tfrecords(path))
     with pytest.raises(FileNotFoundError, match="no TFRecord"):
         adapters.read_od_tfrecords(str(tmp_path / "none-*.tfrecord"))
+
+
+@pytest.mark.parametrize("annotation,message", [
+    ({"id": 9, "image_id": 42, "bbox": [1, 1, 5, 5], "category_id": 1}, "image_id 42 matches no entry"),
+    ({"id": 9, "image_id": 3, "bbox": None, "category_id": 1}, "has bbox None"),
+    ({"id": 9, "image_id": 3, "bbox": [1, 2, 3], "category_id": 1}, "4 numbers"),
+])
+def test_coco_records_never_dropped_silently(tmp_path, annotation, message):
+    path, _ = make_coco(tmp_path, [annotation])
+    with pytest.raises(ValueError, match=message):
+        adapters.from_coco(path, str(tmp_path))
+    dataset, report = adapters.from_coco(path, str(tmp_path), on_error="skip")
+    assert len(report.skipped) == 1 and message.split()[-1] in next(iter(report.skipped.values()))
+    assert len(elements(dataset)) == (3 if "image_id 42" in message else 2)
+
+
+def test_declared_size_and_unreadable_images_are_named(tmp_path):
+    path, _ = make_coco(tmp_path)
+    write_png(tmp_path / "img1.png", make_images(1, size=(40, 64))[0])  # declared 48x64
+    (tmp_path / "img2.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"declares a 48x64 image but .*img1.png is 40x64"):
+        adapters.from_coco(path, str(tmp_path))
+    dataset, report = adapters.from_coco(path, str(tmp_path), on_error="skip")
+    assert len(elements(dataset)) == 1
+    reasons = " ".join(report.skipped.values())
+    assert "is 40x64" in reasons and "img2.png is not a readable image" in reasons
+    # VOC: <size> against the image file, and objects without a class name
+    voc = tmp_path / "voc"
+    make_voc(voc, [[{"name": "dog", "difficult": 0, "x1": 1, "y1": 2, "x2": 10, "y2": 20}], []])
+    write_png(voc / "JPEGImages" / "1.png", make_images(1, size=(30, 30))[0])
+    with pytest.raises(ValueError, match="declares a 48x64 image"):
+        adapters.from_voc(str(voc))
+    assert len(adapters.from_voc(str(voc), on_error="skip")[1].skipped) == 1
+    (voc / "Annotations" / "1.xml").write_text(
+        "<annotation><size><width>64</width><height>48</height></size><object><name> </name><bndbox><xmin>1</xmin>"
+        "<ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox></object></annotation>")
+    with pytest.raises(ValueError, match="no <name>"):
+        adapters.from_voc(str(voc))
