@@ -53,7 +53,8 @@ class RoiSampler(tf.Module):
           zeros elsewhere) and ``matched_gt_index`` int32 ``[B, R]`` (-1 except for positives).
         """
         config = self.config
-        proposals = box_ops.validate_boxes(tf.convert_to_tensor(proposals, tf.float32), "proposals")
+        proposals = tf.debugging.assert_all_finite(tf.convert_to_tensor(proposals, tf.float32),
+                                                   "proposals contain NaN or Inf coordinates")
         gt_boxes = box_ops.validate_boxes(tf.convert_to_tensor(gt_boxes, tf.float32), "gt_boxes")
         gt_classes = tf.cast(gt_classes, tf.int32)
         num_slots = tf.shape(proposals)[1]
