@@ -8,18 +8,23 @@ import os
 
 import tensorflow as tf
 
-from rpn_tf.data.records import SkipReport, check_boxes, check_declared_size, check_on_error, file_dataset
+from rpn_tf.data.records import SkipReport, check_boxes, check_declared_size, check_on_error, file_dataset, \
+    verify_image_file
 
 
-def from_coco(annotation_file, image_dir, on_error="raise", num_parallel_calls=tf.data.AUTOTUNE):
+def from_coco(annotation_file, image_dir, on_error="raise", num_parallel_calls=tf.data.AUTOTUNE,
+              verify_images=None):
     """COCO instances JSON (``bbox`` is ``[x, y, w, h]``) → ``(dataset, SkipReport)``.
 
     ``iscrowd`` boxes are excluded (they mark crowds, not instances; as in COCO training practice they are neither
     positives nor counted) and counted in the report. Images without annotations are kept (all-background).
     Raised (or, with ``on_error="skip"``, skipped and counted with the reason): an annotation whose ``image_id``
     matches no image, a ``bbox`` that is not 4 numbers, a declared ``height`` / ``width`` that differs from the
-    image file's, an unreadable image file, boxes outside the image."""
+    image file's, an unreadable image file, boxes outside the image. ``verify_images`` (default: on with
+    ``on_error="skip"``) decodes every image once up front, so that corrupt image data is named (and skipped)
+    here rather than failing later inside ``tf.data`` without the file name."""
     check_on_error(on_error)
+    verify_images = on_error == "skip" if verify_images is None else verify_images
     try:
         with open(annotation_file) as file:
             coco = json.load(file)
@@ -51,6 +56,8 @@ def from_coco(annotation_file, image_dir, on_error="raise", num_parallel_calls=t
             if not os.path.exists(path):
                 raise ValueError(f"{name}: image file {path} not found")
             check_declared_size(path, (image["height"], image["width"]), name)
+            if verify_images:
+                verify_image_file(path, name)
             boxes, classes = [], []
             for annotation in by_image.get(image["id"], []):
                 if annotation.get("iscrowd", 0):

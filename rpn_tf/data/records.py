@@ -108,3 +108,16 @@ def check_declared_size(path, declared_size, record):
         raise ValueError(f"{record}: the annotation declares a {declared_size[0]}x{declared_size[1]} image but "
                          f"{path} is {actual[0]}x{actual[1]}")
     return actual
+
+
+def verify_image_file(path, record):
+    """Decodes the whole image file once (Pillow); ``ValueError`` naming ``record`` and the file if its data is
+    corrupt or truncated — what a header check cannot see, and what would otherwise fail inside ``tf.data``
+    without the file name."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except Exception as error:  # noqa: BLE001  (Pillow raises many types for bad data)
+        raise ValueError(f"{record}: {path} is corrupt or truncated ({type(error).__name__}: {error})") from error

@@ -15,7 +15,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from rpn_tf.data.records import SkipReport, check_boxes, check_declared_size, check_on_error, file_dataset
+from rpn_tf.data.records import SkipReport, check_boxes, check_declared_size, check_on_error, file_dataset, \
+    verify_image_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,13 +73,15 @@ def read_voc_xml(path) -> VocAnnotation:
 
 
 def from_voc(root, class_names: Optional[Sequence[str]] = None, include_difficult=False, on_error="raise",
-             num_parallel_calls=tf.data.AUTOTUNE):
+             num_parallel_calls=tf.data.AUTOTUNE, verify_images=None):
     """A VOC-layout folder (``Annotations/*.xml`` + ``JPEGImages/``) → ``(dataset, SkipReport, class_names)``.
 
     ``difficult`` objects are excluded by default, as in VOC practice (they are not scored in VOC evaluation and
     detectron2's VOC loader drops them); ``include_difficult=True`` keeps them. Class ids are 1 + the index in
-    ``class_names`` (default: the sorted names found). An object of an unknown class is an error."""
+    ``class_names`` (default: the sorted names found). An object of an unknown class is an error. ``verify_images``
+    (default: on with ``on_error="skip"``) decodes every image once up front, naming (and skipping) corrupt files."""
     check_on_error(on_error)
+    verify_images = on_error == "skip" if verify_images is None else verify_images
     xml_files = sorted(glob.glob(os.path.join(root, "Annotations", "*.xml")))
     if not xml_files:
         raise FileNotFoundError(f"no Annotations/*.xml under {root}")
@@ -102,6 +105,8 @@ def from_voc(root, class_names: Optional[Sequence[str]] = None, include_difficul
             if not os.path.exists(image_path):
                 raise ValueError(f"{path}: image {image_path} not found")
             check_declared_size(image_path, annotation.image_size, path)
+            if verify_images:
+                verify_image_file(image_path, path)
             keep = np.ones(len(annotation.boxes), bool) if include_difficult else ~annotation.difficult
             report.excluded_boxes["difficult"] += int(np.sum(~keep))
             unknown = sorted({n for n, k in zip(annotation.names, keep) if k and n not in class_ids})

@@ -54,9 +54,13 @@ def _add_model_arguments(parser):
                         help="how images of any size go onto the --image-size canvas (default: letterbox)")
 
 
-def load_dataset(args):
-    """The element dataset (``image``, ``boxes``, ``classes``) that ``args`` describe."""
+def load_dataset(args, data=None):
+    """The element dataset (``image``, ``boxes``, ``classes``) that ``args`` describe (``data`` overrides
+    ``args.data``, e.g. for ``--val-data``)."""
     from rpn_tf.data import adapters
+
+    if data is not None:
+        args = argparse.Namespace(**{**vars(args), "data": data})
 
     on_error = "skip" if args.skip_errors else "raise"
     if args.format == "deepforest":
@@ -116,11 +120,17 @@ def command_train(args):
     # the same --out.
     backup = CrashSafeBackup(os.path.join(args.out, "backup"))
     initial_epoch = backup.restore(model)
-    callbacks = [AtomicCheckpoint(os.path.join(args.out, "checkpoint.keras")),
+    validation = None
+    if args.val_data:
+        validation = (load_dataset(args, args.val_data).map(model.target_encoder, num_parallel_calls=tf.data.AUTOTUNE)
+                      .batch(args.batch_size).prefetch(tf.data.AUTOTUNE))
+    # With validation data the checkpoint is the best model by validation recall@300 (IoU 0.5), else the last.
+    monitor = f"val_recall@{model.recall_top_n}_iou0.5" if validation is not None else None
+    callbacks = [AtomicCheckpoint(os.path.join(args.out, "checkpoint.keras"), monitor=monitor),
                  keras.callbacks.TensorBoard(os.path.join(args.out, "logs")), backup]
     start = time.perf_counter()
     model.fit(dataset, epochs=args.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
-              verbose=1 if sys.stdout.isatty() else 2)
+              validation_data=validation, verbose=1 if sys.stdout.isatty() else 2)
     path = os.path.join(args.out, "model.keras")
     save_atomically(model, path)
     print(f"trained in {time.perf_counter() - start:.0f} s; saved {path}")
@@ -248,6 +258,9 @@ def build_parser():
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--learning-rate", type=float, default=1e-3)
     train.add_argument("--out", default="rpn_run", help="checkpoints, TensorBoard logs and model.keras")
+    train.add_argument("--val-data", default=None,
+                       help="validation data in the same --format (evaluated each epoch; checkpoint.keras then keeps "
+                            "the best model by validation recall@300 IoU 0.5)")
     train.set_defaults(run=command_train)
 
     evaluate = commands.add_parser("evaluate", help="recall@N (IoU 0.5 / 0.7) and AR@N of a trained model")

@@ -189,3 +189,13 @@ def test_declared_size_and_unreadable_images_are_named(tmp_path):
         "<ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox></object></annotation>")
     with pytest.raises(ValueError, match="no <name>"):
         adapters.from_voc(str(voc))
+
+
+def test_corrupt_image_data_is_named_and_skippable(tmp_path):
+    path, _ = make_coco(tmp_path)
+    data = (tmp_path / "img1.png").read_bytes()
+    (tmp_path / "img1.png").write_bytes(data[:len(data) // 2])  # valid header, truncated pixels
+    with pytest.raises(ValueError, match=r"img1.png is corrupt or truncated"):
+        adapters.from_coco(path, str(tmp_path), verify_images=True)
+    dataset, report = adapters.from_coco(path, str(tmp_path), on_error="skip")  # verifies by default when skipping
+    assert len(elements(dataset)) == 2 and "corrupt or truncated" in " ".join(report.skipped.values())

@@ -20,6 +20,13 @@ def trained(tmp_path_factory):
     return out
 
 
+def test_train_with_validation_keeps_the_best_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", *SMALL, *MODEL, "--epochs", "2", "--batch-size", "3", "--out", str(out),
+                     "--val-data", "OSBS_029"]) == 0
+    assert "val_recall@300_iou0.5" in capsys.readouterr().out and (out / "checkpoint.keras").exists()
+
+
 def test_evaluate(trained, tmp_path, capsys):
     results_path = tmp_path / "results.json"
     assert cli.main(["evaluate", str(trained / "model.keras"), *SMALL, "--json", str(results_path)]) == 0
