@@ -89,24 +89,27 @@ class RpnServingModule:
     def _decode_and_infer(self, encoded, input_name):
         with tf.control_dependencies(check_encoded_images(encoded, input_name)):
             encoded = tf.identity(encoded)
+        indices = tf.range(tf.size(encoded, out_type=tf.int64))
+        (sizes,) = _map_naming_failures(lambda data: (header_size(data),), encoded,
+                                        f"{input_name}: elements {{}} have an unreadable image header (truncated or "
+                                        "corrupt)")
+        too_large = sizes[:, 0] * sizes[:, 1] > self.max_pixels
+        check = tf.debugging.Assert(
+            tf.logical_not(tf.reduce_any(too_large)),
+            [f"{input_name}: elements", tf.where(too_large)[:, 0], "are images of (height, width)",
+             tf.boolean_mask(sizes, too_large), f"pixels, more than the limit of {self.max_pixels} pixels "
+             "(RpnServingModule / export_saved_model max_pixels)"], name=f"assert_{input_name.replace('/', '_')}_size")
 
-        def decode(element):
-            index, data = element
-            size = header_size(data)
-            check = tf.debugging.Assert(
-                size[0] * size[1] <= self.max_pixels,
-                [f"{input_name}: element", index, "is an image of (height, width)", size, "pixels, more than the "
-                 f"limit of {self.max_pixels} pixels (RpnServingModule / export_saved_model max_pixels)"],
-                name=f"assert_{input_name.replace('/', '_')}_size")
-            with tf.control_dependencies([check]):
-                image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        def decode(data):
+            image = tf.io.decode_image(data, channels=3, expand_animations=False)
             canvas, scale, valid_size = resize_to_canvas(image, self.image_size, self.model.resize)
             return canvas, scale, tf.cast(valid_size, tf.float32), tf.cast(tf.shape(image)[:2], tf.float32)
 
-        vector = tf.TensorSpec([2], tf.float32)
-        indices = tf.range(tf.size(encoded, out_type=tf.int64))
-        return self._infer(*tf.map_fn(decode, (indices, encoded), fn_output_signature=(
-            tf.TensorSpec([*self.image_size, 3], tf.uint8), vector, vector, vector)))
+        with tf.control_dependencies([check]):
+            decoded = _map_naming_failures(
+                decode, tf.identity(encoded),
+                f"{input_name}: elements {{}} could not be decoded (corrupt or truncated image data)")
+        return self._infer(*decoded)
 
     def serve_encoded_images(self, encoded_images):
         return self._decode_and_infer(encoded_images, "encoded_images")
@@ -115,9 +118,12 @@ class RpnServingModule:
         return self._infer(*self.model.to_canvas(images))
 
     def serve_tf_example(self, serialized_examples):
-        features = tf.io.parse_example(serialized_examples,
-                                       {"image/encoded": tf.io.FixedLenFeature([], tf.string)})
-        return self._decode_and_infer(features["image/encoded"], "image/encoded")
+        spec = {"image/encoded": tf.io.FixedLenFeature([], tf.string)}
+        (encoded,) = _map_naming_failures(
+            lambda serialized: (tf.io.parse_single_example(serialized, spec)["image/encoded"],),
+            serialized_examples,
+            "serialized_examples: elements {} are not tf.train.Example protos with a string 'image/encoded' feature")
+        return self._decode_and_infer(encoded, "image/encoded")
 
     def sample_rois(self, proposals, num_proposals, gt_boxes, gt_classes):
         return self.roi_sampler(proposals, gt_boxes, gt_classes, num_proposals)
@@ -133,3 +139,28 @@ class RpnServingModule:
                                                tf.TensorSpec([None, None, 4], tf.float32, "gt_boxes"),
                                                tf.TensorSpec([None, None], tf.int32, "gt_classes")]),
         }
+
+
+def _map_naming_failures(fn, values, message):
+    """``fn`` applied to each element of ``values`` (``[B]``), outputs stacked, as ``tf.map_fn`` would — but an
+    element whose ``fn`` fails raises one ``InvalidArgumentError`` that names the failing element indices
+    (``message.format(indices)``), instead of TensorFlow's error for that op, which names no element (and, for
+    ``parse_example``, quotes the raw bytes, which Python clients cannot even decode when they are not UTF-8).
+
+    The elements run through an in-graph ``tf.data`` map (parallel); failures are detected by comparing the indices
+    that came out with those that went in, so nothing is dropped silently.
+    """
+    indices = tf.range(tf.size(values, out_type=tf.int64))
+    dataset = tf.data.Dataset.from_tensor_slices((indices, values)).map(
+        lambda index, value: (index, fn(value)), num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+    outputs = dataset.element_spec[1]
+    initial = (tf.zeros([0], tf.int64), tuple(tf.zeros([0, *spec.shape], spec.dtype) for spec in outputs))
+    done, stacked = dataset.reduce(initial, lambda state, element: (
+        tf.concat([state[0], element[0][None]], 0),
+        tuple(tf.concat([s, e[None]], 0) for s, e in zip(state[1], element[1]))))
+    arrived = tf.scatter_nd(done[:, None], tf.ones_like(done, tf.bool), tf.shape(indices, tf.int64))
+    failed = tf.where(tf.logical_not(arrived))[:, 0]
+    head, tail = message.split("{}")
+    check = tf.debugging.Assert(tf.size(failed) == 0, [head.rstrip(), failed, tail.strip()])
+    with tf.control_dependencies([check]):
+        return tuple(tf.identity(t) for t in stacked)

@@ -40,8 +40,34 @@ def test_images_above_the_pixel_limit_are_refused_before_decoding_naming_the_ele
     large = encoded(np.zeros((120, 100, 3), np.uint8), "PNG")
     out = served["serving_default"](encoded_images=tf.constant([small, small]))
     assert out["proposal_boxes"].shape[0] == 2
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"element\] \[1\] .*more than the limit of 10000"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"elements\] \[1\] .*more than the limit of 10000"):
         served["serving_default"](encoded_images=tf.constant([small, large]))
+
+
+def test_a_corrupt_image_in_a_batch_is_named_by_its_index(served):
+    photo, _ = deepforest.load_deepforest_image(deepforest.EVAL_IMAGE)
+    good = tf.io.encode_jpeg(photo[:80, :90]).numpy()
+    header_cut = good[:good.find(b"\xff\xc0")]  # no frame header: the size is unreadable
+    data_cut = good[:good.find(b"\xff\xda") + 100]  # the headers are whole, the scan is cut short
+    np.testing.assert_array_equal(header_size(tf.constant(data_cut)), [80, 90])
+    out = served["serving_default"](encoded_images=tf.constant([good, good, good]))
+    assert out["proposal_boxes"].shape[0] == 3
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"elements\] \[1 3\] \[have an unreadable image header"):
+        served["serving_default"](encoded_images=tf.constant([good, header_cut, good, header_cut]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"elements\] \[0 2\] \[could not be decoded"):
+        served["serving_default"](encoded_images=tf.constant([data_cut, good, data_cut]))
+
+
+@pytest.mark.parametrize("bad", [b"\xff\xfe\x00garbage\x80\x81", b"\x0a\x05hello",
+                                 tf.train.Example().SerializeToString()])
+def test_malformed_tf_examples_are_invalid_argument_naming_the_element(served, bad):
+    photo, _ = deepforest.load_deepforest_image(deepforest.EVAL_IMAGE)
+    example = tf.train.Example(features=tf.train.Features(feature={"image/encoded": tf.train.Feature(
+        bytes_list=tf.train.BytesList(value=[tf.io.encode_jpeg(photo[:50, :60]).numpy()]))})).SerializeToString()
+    assert served["tf_example"](serialized_examples=tf.constant([example]))["num_proposals"].shape == (1,)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"serialized_examples: elements\] \[1\] \[are not tf.train.Example protos"):
+        served["tf_example"](serialized_examples=tf.constant([example, bad]))
 
 
 def test_sample_rois_rejects_nan_and_inverted_gt(served):
