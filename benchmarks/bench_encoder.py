@@ -1,7 +1,23 @@
-"""Throughput of RpnTargetEncoder inside tf.data, beside a straightforward NumPy implementation.
+"""Target-encoding throughput: rpn-tf's encoder paths beside TF Model Garden's ``RpnAnchorLabeler`` and NumPy.
 
-Run: ``python benchmarks/bench_encoder.py [--images N]``. Prints images/s for G ∈ {2, 10, 50} random GT boxes at
-800×800 and the ratio TF / NumPy measured in the same run. Not a test: numbers depend on the machine.
+Run: ``python benchmarks/bench_encoder.py [--images N] [--boxes 2 10 50]``. At 800×800 with the article's anchors
+(22 500), for G random GT boxes per image, in one run:
+
+  ``encoder``       ``ds.map(RpnTargetEncoder(...), AUTOTUNE)`` on (uint8 800×800 image, boxes): the default path
+                    of a training pipeline (dense targets: labels ``[A]``, deltas ``[A, 4]``)
+  ``encode``        ``ds.map(encoder.encode)`` on the boxes only (dense targets)
+  ``sparse``        ``ds.map(RpnTargetEncoder(..., target_format="sparse"))`` on (image, boxes): the 256 sampled
+                    anchors' indices, labels and deltas instead of dense targets
+  ``batched``       ``ds.batch(32).map(encoder.encode)``: one graph call per batch of padded GT
+  ``MG``            ``ds.map`` of Model Garden's ``RpnAnchorLabeler.label_anchors`` on the boxes (tf-models-official
+                    2.20, the same anchors, thresholds and sample size; see ``benchmarks/model_garden.py``)
+  ``MG+image``      the same on (image, boxes), the image passed through: the same pipeline shape as ``encoder``
+  ``numpy``         the straightforward NumPy encoder of ``tests/reference.py``, one image at a time
+
+and prints images/s and the ratios like for like: ``encoder`` / ``MG+image`` (the default path of a training
+pipeline), ``encode`` / ``MG`` (boxes only), ``sparse`` / ``MG+image``, ``batched`` / ``MG``. Each path's best of 5 passes, the
+paths taking turns (a shared 2-core machine is noisy).
+Not a test: numbers depend on the machine.
 """
 
 import argparse
@@ -16,10 +32,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import rpn_tf  # noqa: E402
+from benchmarks.model_garden import INSTALL, import_model_garden  # noqa: E402
 from tests.reference import anchors_np, encode_np  # noqa: E402
 
 IMAGE_SIZE = (800, 800)
-REPEATS = 3
+BATCH = 32
 
 
 def random_gt(rng, count, num_boxes):
@@ -29,29 +46,58 @@ def random_gt(rng, count, num_boxes):
     return np.concatenate([top_left, bottom_right], axis=-1).astype(np.float32)
 
 
-def bench_tf(gt, repeats, with_image=True):
-    """``ds.map(encoder)`` on (uint8 800×800 image, boxes); or, without the image, ``ds.map(encoder.encode)``."""
-    encoder = rpn_tf.RpnTargetEncoder(IMAGE_SIZE, seed=0)
+def interleaved_rates(datasets, rounds):
+    """``{name: images/s}``: the best pass of each dataset over ``rounds`` rounds, the datasets taking turns within
+    a round, so that a slow spell of a shared machine hits every path alike. ``datasets``: ``{name: (dataset,
+    images per element)}``."""
+    datasets = {name: (dataset.prefetch(tf.data.AUTOTUNE), per) for name, (dataset, per) in datasets.items()}
+    for dataset, _ in datasets.values():
+        for _ in dataset.take(8):  # warm-up: tracing and thread pools
+            pass
+    rates = dict.fromkeys(datasets, 0.0)
+    for _ in range(rounds):
+        for name, (dataset, per) in datasets.items():
+            start = time.perf_counter()
+            count = sum(1 for _ in dataset)
+            rates[name] = max(rates[name], count * per / (time.perf_counter() - start))
+    return rates
+
+
+def tf_paths(gt, repeats):
+    boxes = tf.data.Dataset.from_tensor_slices(gt).repeat(repeats)
     image = tf.zeros([*IMAGE_SIZE, 3], tf.uint8)
-    dataset = tf.data.Dataset.from_tensor_slices(gt).repeat(repeats)
-    if with_image:
-        dataset = dataset.map(lambda boxes: (image, boxes)).map(encoder, num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        dataset = dataset.map(encoder.encode, num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.prefetch(tf.data.AUTOTUNE)
-    for _ in dataset.take(16):  # warm-up: tracing and thread pools
-        pass
-    rates = []
-    for _ in range(REPEATS):  # best of REPEATS passes: a shared 2-core machine is noisy
-        start = time.perf_counter()
-        count = 0
-        for _ in dataset:
-            count += 1
-        rates.append(count / (time.perf_counter() - start))
-    return max(rates)
+    with_image = boxes.map(lambda b: (image, b))
+    dense = rpn_tf.RpnTargetEncoder(IMAGE_SIZE, seed=0)
+    sparse = rpn_tf.RpnTargetEncoder(IMAGE_SIZE, seed=0, target_format="sparse")
+    autotune = tf.data.AUTOTUNE
+    return {
+        "encoder": (with_image.map(dense, num_parallel_calls=autotune), 1),
+        "encode": (boxes.map(dense.encode, num_parallel_calls=autotune), 1),
+        "sparse": (with_image.map(sparse, num_parallel_calls=autotune), 1),
+        "batched": (boxes.batch(BATCH).map(dense.encode, num_parallel_calls=autotune), BATCH),
+    }
 
 
-def bench_numpy(gt, count):
+def model_garden_paths(anchor_module, gt, repeats):
+    """Model Garden's labeler on the same anchors (one level, ``[50, 50, 9 · 4]``), thresholds and sample size."""
+    labeler = anchor_module.RpnAnchorLabeler(match_threshold=0.7, unmatched_threshold=0.3,
+                                             rpn_batch_size_per_im=256, rpn_fg_fraction=0.5)
+    anchors = rpn_tf.generate_anchors(IMAGE_SIZE)
+    grid = IMAGE_SIZE[0] // 16
+    anchor_boxes = {"4": tf.reshape(anchors, [grid, grid, -1])}
+
+    def label(boxes):
+        return labeler.label_anchors(anchor_boxes, boxes, tf.ones([tf.shape(boxes)[0], 1], tf.int32))
+
+    boxes = tf.data.Dataset.from_tensor_slices(gt).repeat(repeats)
+    image = tf.zeros([*IMAGE_SIZE, 3], tf.uint8)
+    autotune = tf.data.AUTOTUNE
+    return {"MG": (boxes.map(label, num_parallel_calls=autotune), 1),
+            "MG+image": (boxes.map(lambda b: (image, b)).map(lambda i, b: (i, label(b)), num_parallel_calls=autotune),
+                         1)}
+
+
+def numpy_path(gt, count):
     anchors = anchors_np(IMAGE_SIZE)
     rng = np.random.default_rng(0)
     start = time.perf_counter()
@@ -61,21 +107,31 @@ def bench_numpy(gt, count):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--images", type=int, default=2000, help="images per pass for TF (best of 3 passes)")
-    parser.add_argument("--numpy-images", type=int, default=100, help="images per measurement for NumPy")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=1000, help="images per pass (default 1000)")
+    parser.add_argument("--rounds", type=int, default=5, help="passes per path, taking turns (default 5)")
+    parser.add_argument("--numpy-images", type=int, default=50, help="images timed for NumPy (default 50)")
+    parser.add_argument("--boxes", type=int, nargs="+", default=[2, 10, 50], help="GT boxes per image (G)")
     args = parser.parse_args()
+    model_garden = import_model_garden()
+    if model_garden is None:
+        print(f"tf-models-official is not installed: Model Garden's column is skipped ({INSTALL})")
     rng = np.random.default_rng(0)
-    print(f"tf {tf.__version__}, {os.cpu_count()} CPU cores, image {IMAGE_SIZE}, anchors "
-          f"{rpn_tf.num_anchors(IMAGE_SIZE)}")
-    print(f"{'G':>4} {'tf.data img/s':>14} {'(GT only)':>10} {'numpy img/s':>12} {'ratio':>7}")
-    for num_boxes in (2, 10, 50):
+    print(f"tf {tf.__version__}, {os.cpu_count()} CPU cores, image {IMAGE_SIZE}, "
+          f"{rpn_tf.num_anchors(IMAGE_SIZE)} anchors; images/s")
+    pairs = (("encoder", "MG+image"), ("encode", "MG"), ("sparse", "MG+image"), ("batched", "MG"))
+    for num_boxes in args.boxes:
         gt = random_gt(rng, 100, num_boxes)
         repeats = max(args.images // len(gt), 1)
-        tf_rate = bench_tf(gt, repeats)
-        gt_only_rate = bench_tf(gt, repeats, with_image=False)
-        np_rate = bench_numpy(gt, args.numpy_images)
-        print(f"{num_boxes:>4} {tf_rate:>14.0f} {gt_only_rate:>10.0f} {np_rate:>12.1f} {tf_rate / np_rate:>7.1f}x")
+        datasets = tf_paths(gt, repeats)
+        if model_garden is not None:  # a quarter of the images: it is slower
+            datasets.update(model_garden_paths(model_garden[0], gt, max(repeats // 4, 1)))
+        rates = interleaved_rates(datasets, args.rounds)
+        rates["numpy"] = numpy_path(gt, args.numpy_images)
+        print(f"G={num_boxes:<3} " + " | ".join(f"{name} {value:,.0f}" for name, value in rates.items()))
+        if model_garden is not None:
+            print("       ratios: " + " | ".join(f"{ours} / {theirs} {rates[ours] / rates[theirs]:.1f}×"
+                                              for ours, theirs in pairs))
 
 
 if __name__ == "__main__":

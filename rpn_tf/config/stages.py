@@ -16,6 +16,7 @@ from rpn_tf.ops.box_coder import BoxCoder
 BOX_FORMATS = ("yxyx", "xyxy", "xywh")
 NMS_IMPLEMENTATIONS = ("auto", "padded", "combined")
 SAMPLING_MODES = ("balanced", "none")
+TARGET_FORMATS = ("dense", "sparse")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,10 @@ class TargetConfig:
       max_boxes: GT boxes are padded to this count in the encoder's output (more raises an error).
       min_gt_size: GT boxes whose height or width on the canvas is below this many pixels (1) are ignored by
         matching (neither matched nor forcing a positive) and counted in the encoder's ``num_ignored_boxes``.
+      target_format: ``"dense"`` (default): ``rpn_labels`` ``[A]`` and ``rpn_deltas`` ``[A, 4]`` for every anchor;
+        ``"sparse"``: only the ``samples_per_image`` sampled anchors — ``rpn_sample_indices``, ``rpn_sample_labels``
+        ``[S]`` and ``rpn_sample_deltas`` ``[S, 4]`` (-1 / zeros past the sample), ~5 KB per image instead of
+        ~450 KB; ``RPNModel``'s loss gathers its predictions at those indices. Needs ``sampling="balanced"``.
       seed: ``None`` for fresh random samples on every call; an int makes the sample a deterministic function of
         ``(seed, padded GT boxes)``, so every pass over a dataset gives identical targets.
       validate: check GT boxes for NaN/Inf and inverted boxes (``InvalidArgumentError`` naming the problem).
@@ -56,9 +61,16 @@ class TargetConfig:
     min_gt_size: float = 1.0
     seed: Union[int, None] = None
     validate: bool = True
+    target_format: str = "dense"
 
     def __post_init__(self):
         owner = "TargetConfig"
+        if self.target_format not in TARGET_FORMATS:
+            raise ValueError(f"TargetConfig.target_format must be one of {TARGET_FORMATS}, got "
+                             f"{self.target_format!r}")
+        if self.target_format == "sparse" and self.sampling == "none":
+            raise ValueError("TargetConfig(target_format='sparse') needs sampling='balanced': with sampling='none' "
+                             "every labeled anchor is a target, which is the dense format")
         negative_iou = _fraction(owner, "negative_iou", self.negative_iou)
         positive_iou = _fraction(owner, "positive_iou", self.positive_iou)
         if negative_iou > positive_iou:

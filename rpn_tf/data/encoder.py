@@ -105,10 +105,10 @@ class RpnTargetEncoder:
         Returns:
           dict with ``rpn_labels`` int32 ``Tensor[A]`` / ``[B, A]`` in {1, 0, -1} (sampled) and ``rpn_deltas``
           float32 ``Tensor[A, 4]`` / ``[B, A, 4]``: each anchor's deltas to its matched GT box, zeros where
-          there is none.
+          there is none; with ``target_format="sparse"`` the sampled anchors only (``RpnTargetAssigner``).
         """
         boxes, added_batch = self._batched(gt_boxes)
-        targets = self.assigner(boxes, seeds, _batched_sizes(valid_sizes))
+        targets = self.assigner(boxes, seeds, _batched_sizes(valid_sizes), self.config.target_format)
         if added_batch:
             return {name: value[0] for name, value in targets.items()}
         return targets
@@ -124,7 +124,8 @@ class RpnTargetEncoder:
         Returns:
           ``(image, targets)``: the image on the ``image_size`` canvas (``resize`` policy, bilinear), in its input
           dtype (uint8 stays uint8, values rounded) and a dict with ``rpn_labels`` ``[A]``, ``rpn_deltas``
-          ``[A, 4]``, ``gt_boxes`` ``[M, 4]`` yxyx canvas pixels padded with -1, ``gt_classes`` ``[M]`` padded with
+          ``[A, 4]`` (with ``target_format="sparse"``: ``rpn_sample_indices`` / ``rpn_sample_labels`` ``[S]`` and
+          ``rpn_sample_deltas`` ``[S, 4]`` instead), ``gt_boxes`` ``[M, 4]`` yxyx canvas pixels padded with -1, ``gt_classes`` ``[M]`` padded with
           -1 (1 when the input has no classes), ``num_boxes`` (scalar int32), ``image_scale`` float32 ``[2]``
           (canvas pixels per original pixel, ``(sy, sx)``) and ``valid_size`` int32 ``[2]`` (the unpadded ``(h, w)``
           on the canvas), ``num_ignored_boxes`` (boxes below ``min_gt_size``). Every shape is static, so
@@ -151,7 +152,8 @@ class RpnTargetEncoder:
         # the padded ones, so that encoding a batch of padded GT later (e.g. on the accelerator) gives the same
         # sample.
         seeds = None if self.config.seed is None else content_seeds(self.config.seed, padded_boxes[None])
-        targets = {name: value[0] for name, value in self.assigner(boxes[None], seeds, valid_size[None]).items()}
+        targets = {name: value[0] for name, value in
+                   self.assigner(boxes[None], seeds, valid_size[None], self.config.target_format).items()}
         num_ignored = tf.reduce_sum(tf.cast(~self.assigner.usable_gt(boxes[None])[0], tf.int32))
         targets.update(gt_boxes=padded_boxes, gt_classes=padded_classes, num_boxes=num_boxes, image_scale=scale,
                        valid_size=valid_size, num_ignored_boxes=num_ignored)

@@ -23,6 +23,7 @@ from rpn_tf.ops.box_ops import clip_boxes
 from rpn_tf.ops.proposals import generate_proposals
 
 TARGET_KEYS = ("rpn_labels", "rpn_deltas")
+SPARSE_TARGET_KEYS = ("rpn_sample_indices", "rpn_sample_labels", "rpn_sample_deltas")
 
 
 @keras.saving.register_keras_serializable(package="rpn_tf")
@@ -183,7 +184,7 @@ class RPNModel(keras.Model):
         if not isinstance(targets, dict):
             raise ValueError("RPNModel expects (images, targets) with targets a dict holding 'rpn_labels' and "
                              "'rpn_deltas' (from RpnTargetEncoder) or padded 'gt_boxes'")
-        if not all(key in targets for key in TARGET_KEYS):
+        if not all(key in targets for key in TARGET_KEYS) and not all(key in targets for key in SPARSE_TARGET_KEYS):
             if "gt_boxes" not in targets:
                 raise ValueError(f"targets need {TARGET_KEYS} or 'gt_boxes'; got {sorted(targets)}")
             # Labels on the accelerator: the same ops as the tf.data path, batched.
@@ -192,8 +193,16 @@ class RPNModel(keras.Model):
         return images, targets
 
     def _rpn_losses(self, targets, outputs):
+        logits, box_deltas = outputs["objectness_logits"], outputs["box_deltas"]
+        if "rpn_labels" in targets:
+            labels, deltas = targets["rpn_labels"], targets["rpn_deltas"]
+        else:  # sparse targets: the predictions at the sampled anchors (padding entries have label -1)
+            indices = tf.maximum(tf.cast(targets["rpn_sample_indices"], tf.int32), 0)
+            logits = tf.gather(logits, indices, batch_dims=1)
+            box_deltas = tf.gather(box_deltas, indices, batch_dims=1)
+            labels, deltas = targets["rpn_sample_labels"], targets["rpn_sample_deltas"]
         loss, (objectness_sum, box_sum, num_sampled, num_correct, count) = self.rpn_loss(
-            targets["rpn_labels"], targets["rpn_deltas"], outputs["objectness_logits"], outputs["box_deltas"])
+            labels, deltas, logits, box_deltas)
         self.loss_tracker.update_state(objectness_sum + self.rpn_loss.box_loss_weight * box_sum, count)
         self.objectness_loss_tracker.update_state(objectness_sum, count)
         self.box_loss_tracker.update_state(box_sum, count)

@@ -94,9 +94,12 @@ def sample_balanced(labels, seeds, num_samples=256, positive_fraction=0.5):
     max_positives = int(num_samples * positive_fraction)
     if max_positives > 0:
         positive_keys = tf.where(is_positive, keys, -1)
-        # The k-th largest key; -1 when there are fewer than k positives, which then are all kept.
+        # The k-th largest key; -1 when there are at most k positives, which then are all kept (the usual case:
+        # the top-k is skipped).
         k = tf.minimum(max_positives, num_candidates)
-        positive_threshold = tf.math.top_k(positive_keys, k=k, sorted=True).values[:, -1:]
+        few = tf.reduce_all(tf.reduce_sum(tf.cast(is_positive, tf.int32), axis=1) <= k)
+        positive_threshold = tf.cond(few, lambda: tf.fill(tf.stack([tf.shape(labels)[0], 1]), -1),
+                                     lambda: tf.math.top_k(positive_keys, k=k, sorted=True).values[:, -1:])
         keep_positive = is_positive & (keys >= positive_threshold)
     else:
         keep_positive = tf.zeros_like(is_positive)

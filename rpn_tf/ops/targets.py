@@ -31,6 +31,7 @@ class RpnTargetAssigner:
                                      config.negative_iou, cell_origins)
         # Per inside anchor: (centre y, centre x, log h, log w) and (wy / h, wx / w, wh, ww), as constants.
         self._anchor_constants = config.box_coder.anchor_constants(self.matcher.inside_anchors.numpy())
+        self._all_anchor_constants = config.box_coder.anchor_constants(anchors)
         # Unseeded sampling draws from a stateful generator: new samples on every pass over a dataset.
         self._generator = tf.random.Generator.from_non_deterministic_state() if config.seed is None else None
 
@@ -46,40 +47,91 @@ class RpnTargetAssigner:
         return valid_gt_mask(gt_boxes) & (gt_boxes[..., 2] - gt_boxes[..., 0] >= size) & \
             (gt_boxes[..., 3] - gt_boxes[..., 1] >= size)
 
-    def inside_targets(self, gt_boxes, valid_sizes=None):
-        """Labels before sampling and deltas of the inside anchors: ``([B, A_in] int32, [B, A_in, 4] float32)``.
+    def sample(self, labels, seeds):
+        """The configured sampling of inside-anchor labels ``[B, A_in]`` (``sampling="none"`` keeps them all)."""
+        if self.config.sampling == "none":
+            return labels
+        return sample_balanced(labels, seeds, self.config.samples_per_image, self.config.positive_fraction)
 
-        ``gt_boxes``: float32 ``[B, G, 4]`` yxyx network pixels, validated (padding rows of -1 allowed);
-        ``valid_sizes``: optional ``[B, 2]`` unpadded ``(h, w)`` of each image on the canvas.
-        """
-        labels, matched_gt_index, _ = self.matcher.match_inside(gt_boxes, self.usable_gt(gt_boxes), valid_sizes)
-        # Deltas from per-GT terms (computed once per GT box, then gathered) and constant per-anchor terms.
-        gt_terms = BoxCoder.box_terms(gt_boxes)  # (B, G, 4)
-        # One spare row keeps the gather in range when G == 0; unmatched anchors never use what it returns.
-        gt_terms = tf.pad(gt_terms, [[0, 0], [0, 1], [0, 0]])
-        matched_terms = tf.gather(gt_terms, tf.maximum(matched_gt_index, 0), batch_dims=1)  # (B, A_in, 4)
-        deltas = BoxCoder.encode_with_constants(matched_terms, self._anchor_constants)
-        # Unmatched anchors (and padding rows, whose log sizes are -inf) get exact zeros.
-        return labels, tf.where((matched_gt_index >= 0)[..., None], deltas, 0.0)
-
-    def __call__(self, gt_boxes, seeds=None, valid_sizes=None):
+    def __call__(self, gt_boxes, seeds=None, valid_sizes=None, target_format="dense"):
         """Sampled targets of every anchor.
 
         Args:
           gt_boxes: float32 ``[B, G, 4]`` yxyx network pixels, validated (padding rows of -1 allowed).
           seeds: int ``[B, 2]`` stateless seeds; default ``self.seeds(gt_boxes)``.
           valid_sizes: optional ``[B, 2]`` unpadded ``(h, w)`` per image: anchors of the padding are -1.
+          target_format: ``"dense"`` or ``"sparse"`` (see below).
 
         Returns:
-          dict: ``rpn_labels`` int32 ``[B, A]`` in {1, 0, -1} (sampled) and ``rpn_deltas`` float32 ``[B, A, 4]``
-          (each anchor's deltas to its matched GT box; zeros where there is none).
+          ``"dense"``: ``rpn_labels`` int32 ``[B, A]`` in {1, 0, -1} (sampled) and ``rpn_deltas`` float32
+          ``[B, A, 4]`` (each anchor's deltas to its matched GT box; zeros where there is none).
+          ``"sparse"`` (needs sampling): the ``S = samples_per_image`` sampled anchors only, in anchor order —
+          ``rpn_sample_indices`` int32 ``[B, S]`` (anchor indices, -1 past the sample), ``rpn_sample_labels``
+          int32 ``[B, S]`` (1 / 0, -1 past the sample) and ``rpn_sample_deltas`` float32 ``[B, S, 4]``: the dense
+          targets at those indices, ~5 KB per image instead of ~450 KB.
         """
         seeds = self.seeds(gt_boxes) if seeds is None else tf.reshape(tf.cast(seeds, tf.int64), [-1, 2])
-        # Everything runs on the inside anchors only; outside anchors get -1 and zero deltas.
-        labels, deltas = self.inside_targets(gt_boxes, valid_sizes)
-        if self.config.sampling == "none":
-            sampled = labels
+        gt_boxes = _without_trailing_padding(gt_boxes)  # same targets: trailing padding rows match nothing
+        labels, matched_gt_index, _ = self.matcher.match_inside(gt_boxes, self.usable_gt(gt_boxes), valid_sizes)
+        sampled = self.sample(labels, seeds)  # (B, A_in)
+        # Per-GT terms (cy, cx, log h, log w), once per box; one spare row keeps gathers in range when G == 0.
+        gt_terms = tf.pad(BoxCoder.box_terms(gt_boxes), [[0, 0], [0, 1], [0, 0]])
+        if target_format == "sparse":
+            return self._sparse(sampled, matched_gt_index, gt_terms)
+        # Inside → all anchors with one int gather: label and matched GT packed in one int32 (outside: -1, -1).
+        packed = self.matcher.scatter_to_all(tf.bitwise.bitwise_or(
+            tf.bitwise.left_shift(matched_gt_index + 1, 2), sampled + 1), 0)
+        labels_all = tf.bitwise.bitwise_and(packed, 3) - 1
+        matched_all = tf.bitwise.right_shift(packed, 2) - 1
+        # Deltas of every anchor straight from the per-GT terms (no [A_in, 4] intermediate to scatter). An
+        # unmatched anchor reads its own terms from the table's anchor part, so its deltas are exact zeros without
+        # a mask (a broadcast multiply or select over [A, 4] cost more than the rest of this step).
+        anchor_terms, scales = self._all_anchor_constants
+        num_anchors = self.matcher.num_anchors
+        rows = tf.where(matched_all >= 0, matched_all + num_anchors, tf.range(num_anchors)[None, :])
+        if gt_terms.shape[0] == 1:  # the tf.data path: one image
+            matched_terms = tf.gather(tf.concat([anchor_terms, gt_terms[0]], axis=0), rows[0])[None]
         else:
-            sampled = sample_balanced(labels, seeds, self.config.samples_per_image, self.config.positive_fraction)
-        return {"rpn_labels": self.matcher.scatter_to_all(sampled, IGNORE),
-                "rpn_deltas": self.matcher.scatter_to_all(deltas, 0.0)}
+            table = tf.concat([tf.broadcast_to(anchor_terms[None], tf.stack([tf.shape(gt_terms)[0], num_anchors, 4])),
+                               gt_terms], axis=1)
+            matched_terms = tf.gather(table, rows, batch_dims=1)  # (B, A, 4)
+        deltas = (matched_terms - anchor_terms) * scales
+        return {"rpn_labels": labels_all, "rpn_deltas": deltas}
+
+    def _sparse(self, sampled, matched_gt_index, gt_terms):
+        if self.config.sampling == "none":
+            raise ValueError("target_format='sparse' needs sampling (TargetConfig.sampling='balanced'): with "
+                             "sampling='none' every labeled anchor is a target")
+        size = self.config.samples_per_image
+        num_inside = self.matcher.num_inside
+        is_sampled = sampled >= 0
+        if sampled.shape[0] == 1:  # the tf.data path: one image
+            position = tf.cast(tf.where(is_sampled[0])[:, 0], tf.int32)[None, :size]
+        else:  # the first S sampled anchors in anchor order (there are at most S)
+            keys = tf.where(is_sampled, num_inside - tf.range(num_inside)[None, :], 0)
+            top = tf.math.top_k(keys, k=min(size, num_inside))
+            position = tf.where(top.values > 0, num_inside - top.values, -1)
+        present = position >= 0
+        safe = tf.maximum(position, 0)
+        matched = tf.where(present, tf.gather(matched_gt_index, safe, batch_dims=1), -1)
+        terms = tf.gather(gt_terms, tf.maximum(matched, 0), batch_dims=1)
+        constants = tuple(tf.gather(c, safe) for c in self._anchor_constants)
+        deltas = tf.where((matched >= 0)[..., None], BoxCoder.encode_with_constants(terms, constants), 0.0)
+        pad = [[0, 0], [0, size - tf.shape(position)[1]]]
+        return {
+            "rpn_sample_indices": tf.pad(tf.where(present, tf.gather(self.matcher.inside_index, safe), -1), pad,
+                                         constant_values=-1),
+            "rpn_sample_labels": tf.pad(tf.where(present, tf.gather(sampled, safe, batch_dims=1), -1), pad,
+                                        constant_values=-1),
+            "rpn_sample_deltas": tf.pad(deltas, pad + [[0, 0]]),
+        }
+
+
+def _without_trailing_padding(gt_boxes):
+    """``gt_boxes`` ``[B, G, 4]`` cut after the last row that is not all -1 in any image (a padded batch from the
+    encoder carries up to ``max_boxes`` rows, mostly padding; matching them costs time and changes nothing)."""
+    if gt_boxes.shape[1] == 0:
+        return gt_boxes
+    real = tf.reduce_any(tf.reduce_any(gt_boxes != -1.0, axis=-1), axis=0)  # (G,)
+    count = tf.maximum(tf.reduce_max(tf.where(real, tf.range(1, tf.shape(real)[0] + 1), 0)), 0)
+    return gt_boxes[:, :count]
