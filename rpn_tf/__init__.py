@@ -11,24 +11,45 @@ Sub-packages follow the data (see ``docs/architecture.md``):
 Conventions (boxes ``[y1, x1, y2, x2]`` in absolute pixels, no +1, ratio = h / w) are in ``docs/conventions.md``.
 """
 
-from rpn_tf.config import AnchorConfig, MultiLevelAnchorConfig, ProposalConfig, ResizeConfig, RoiSamplerConfig, \
-    TargetConfig
-from rpn_tf.data.encoder import RpnTargetEncoder
-from rpn_tf.data.resize import resize_to_canvas
-from rpn_tf.evaluation import evaluate_recall
-from rpn_tf.modeling.head import RpnHead
-from rpn_tf.modeling.metrics import ProposalRecall
-from rpn_tf.modeling.rpn_model import RPNModel
-from rpn_tf.ops import box_ops
-from rpn_tf.ops.anchors import anchors_per_level, generate_anchors, num_anchors
-from rpn_tf.ops.box_coder import BoxCoder
-from rpn_tf.ops.box_ops import clip_boxes, convert_boxes, decode_deltas, encode_deltas, iou_matrix
-from rpn_tf.ops.matching import AnchorMatcher, anchors_inside_image, label_anchors
-from rpn_tf.ops.nms import padded_nms
-from rpn_tf.ops.proposals import generate_proposals
-from rpn_tf.ops.roi_sampling import RoiSampler
-from rpn_tf.ops.sampling import sample_balanced
-from rpn_tf.ops.targets import RpnTargetAssigner
+import os as _os
+import sys as _sys
+
+# Every name is imported when the package is (so that Keras finds RPNModel's registered class in
+# ``keras.models.load_model`` after a plain ``import rpn_tf``) — except under the ``rpn-tf`` command, which imports
+# what a command needs once its arguments are parsed, so that ``rpn-tf --help`` does not start TensorFlow.
+_LAZY = {
+    "AnchorConfig": "rpn_tf.config",
+    "AnchorMatcher": "rpn_tf.ops.matching",
+    "BoxCoder": "rpn_tf.ops.box_coder",
+    "DistributedTrainer": "rpn_tf.modeling.distributed",
+    "MultiLevelAnchorConfig": "rpn_tf.config",
+    "ProposalConfig": "rpn_tf.config",
+    "ProposalRecall": "rpn_tf.modeling.metrics",
+    "RPNModel": "rpn_tf.modeling.rpn_model",
+    "ResizeConfig": "rpn_tf.config",
+    "RoiSampler": "rpn_tf.ops.roi_sampling",
+    "RoiSamplerConfig": "rpn_tf.config",
+    "RpnHead": "rpn_tf.modeling.head",
+    "RpnTargetAssigner": "rpn_tf.ops.targets",
+    "RpnTargetEncoder": "rpn_tf.data.encoder",
+    "TargetConfig": "rpn_tf.config",
+    "anchors_inside_image": "rpn_tf.ops.matching",
+    "anchors_per_level": "rpn_tf.ops.anchors",
+    "box_ops": "rpn_tf.ops.box_ops",
+    "clip_boxes": "rpn_tf.ops.box_ops",
+    "convert_boxes": "rpn_tf.ops.box_ops",
+    "decode_deltas": "rpn_tf.ops.box_ops",
+    "encode_deltas": "rpn_tf.ops.box_ops",
+    "evaluate_recall": "rpn_tf.evaluation",
+    "generate_anchors": "rpn_tf.ops.anchors",
+    "generate_proposals": "rpn_tf.ops.proposals",
+    "iou_matrix": "rpn_tf.ops.box_ops",
+    "label_anchors": "rpn_tf.ops.matching",
+    "num_anchors": "rpn_tf.ops.anchors",
+    "padded_nms": "rpn_tf.ops.nms",
+    "resize_to_canvas": "rpn_tf.data.resize",
+    "sample_balanced": "rpn_tf.ops.sampling",
+}
 
 __version__ = "0.2.0"
 
@@ -36,6 +57,7 @@ __all__ = [
     "AnchorConfig",
     "AnchorMatcher",
     "BoxCoder",
+    "DistributedTrainer",
     "MultiLevelAnchorConfig",
     "ProposalConfig",
     "ProposalRecall",
@@ -64,3 +86,25 @@ __all__ = [
     "resize_to_canvas",
     "sample_balanced",
 ]
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rpn_tf' has no attribute {name!r}")
+    import importlib
+
+    value = importlib.import_module(module) if module.endswith("." + name) else \
+        getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+_program = _sys.argv[0] if _sys.argv and _sys.argv[0] else ""
+if _os.path.basename(_program) != "rpn-tf" and not _program.endswith(_os.path.join("rpn_tf", "tools", "cli.py")):
+    for _name in __all__:
+        __getattr__(_name)

@@ -25,7 +25,7 @@ from rpn_tf.data import deepforest  # noqa: E402
 from rpn_tf import evaluation  # noqa: E402
 from rpn_tf.tools.train_deepforest import DEFAULT_EPOCHS, DEFAULT_RECIPE, RECIPES, padded, recipe_anchors, \
     train  # noqa: E402
-from rpn_tf.tools.visualize import GREEN, RED, draw_boxes, target_picture, write_png  # noqa: E402
+from rpn_tf.tools.visualize import proposals_picture, target_picture, write_png  # noqa: E402
 
 
 def show_targets(image, annotation, out_dir, anchor_config):
@@ -53,9 +53,10 @@ def serve_and_draw(model, image, annotation, out_dir, top_n):
     print(f"served model on {deepforest.EVAL_IMAGE}: {count} proposals, "
           + ", ".join(f"{k} {v:.3f}" for k, v in recall.items()))
     boxes = outputs["proposal_boxes"].numpy()[0, :min(count, top_n)]
+    scores = outputs["proposal_scores"].numpy()[0, :len(boxes)]
     path = os.path.join(out_dir, "proposals.png")
-    write_png(path, draw_boxes(image, [(annotation.boxes, GREEN), (boxes, RED)]))
-    print(f"wrote {path} (top {len(boxes)} proposals red, GT green)")
+    write_png(path, proposals_picture(image, boxes, scores, annotation.boxes))
+    print(f"wrote {path} (top {len(boxes)} proposals yellow, brighter = higher score; GT green)")
     return recall
 
 

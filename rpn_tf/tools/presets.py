@@ -1,33 +1,63 @@
-"""Named settings for the tools, each defined once.
+"""Named settings for the tools, each defined once. Importing this module does not import TensorFlow (the CLI's
+``--help`` stays instant and quiet).
 
-``DEEPFOREST``: aerial tree crowns (deepforest's images, 8–107 px crowns, median ~40 px, h/w 0.8–1.4) — 400 px
-tiles with 100 px overlap, the small ``simple`` backbone at stride 8, anchors of 20, 40, 80 px (scales 2.5, 5, 10)
-with ratios 0.75, 1, 4/3. Stride 8, not the article's 16: with 20 px anchors on a 16 px grid a crown can sit 8 px
-from the nearest anchor centre, where IoU tops out near 0.43 and almost no anchor reaches the 0.7 positive
-threshold; at stride 8 the worst case is 0.67. The library's own defaults stay the article's.
+``article``     the article's model: VGG16, 800×800, stride 16, anchors 128 / 256 / 512 px (scales 8, 16, 32) ×
+                ratios 0.5, 1, 2; SGD (momentum 0.9) at 0.001 — the library's own defaults.
+``fpn``         ResNet-50-FPN (P2–P6, one 32–512 px anchor size per level × 3 ratios), 800×800, SGD 0.01 with
+                momentum (detectron2's ``rpn_R_50_FPN`` recipe scaled to a small batch).
+``deepforest``  aerial tree crowns (deepforest's images, 8–107 px crowns, median ~40 px, h/w 0.8–1.4) — 400 px tiles
+                with 100 px overlap, the small ``simple`` backbone at stride 8, anchors of 20, 40, 80 px (scales
+                2.5, 5, 10) with ratios 0.75, 1, 4/3, Adam 0.001. Stride 8, not the article's 16: with 20 px anchors
+                on a 16 px grid a crown can sit 8 px from the nearest anchor centre, where IoU tops out near 0.43
+                and almost no anchor reaches the 0.7 positive threshold; at stride 8 the worst case is 0.67.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Tuple
+from typing import Optional, Tuple
 
-from rpn_tf.config import AnchorConfig
+# The feature stride of each built-in single-level backbone (the ``simple`` one also takes 4, 8 or 32).
+BACKBONE_STRIDES = {"vgg16": 16, "resnet50": 16, "mobilenet_v2": 16, "simple": 16}
+FPN_BACKBONES = ("resnet50_fpn", "mobilenet_v2_fpn", "simple_fpn")
+BACKBONES = tuple(BACKBONE_STRIDES) + FPN_BACKBONES
 
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """Model and data settings that belong together."""
+    """Model, data and optimizer settings that belong together."""
 
+    summary: str
     image_size: Tuple[int, int]
-    anchor_config: AnchorConfig
     backbone: str
-    head_channels: int
-    max_boxes: int
+    scales: Tuple[float, ...] = (8.0, 16.0, 32.0)
+    ratios: Tuple[float, ...] = (0.5, 1.0, 2.0)
+    stride: Optional[int] = None  # None: the backbone's
+    head_channels: Optional[int] = None  # None: the model's default (512, or the pyramid's channels)
+    max_boxes: int = 100
+    data_format: Optional[str] = None  # None: --format is required
     tile_size: int = 0  # 0: no tiling
     tile_overlap: int = 0
+    optimizer: str = "sgd"
+    learning_rate: float = 1e-3
+
+    @property
+    def anchor_config(self):
+        """The ``AnchorConfig`` of a single-level preset (imports TensorFlow)."""
+        from rpn_tf.config import AnchorConfig
+
+        return AnchorConfig(stride=self.stride or BACKBONE_STRIDES[self.backbone], scales=self.scales,
+                            ratios=self.ratios)
 
 
-DEEPFOREST = Preset(image_size=(400, 400),
-                    anchor_config=AnchorConfig(stride=8, scales=(2.5, 5.0, 10.0), ratios=(0.75, 1.0, 4.0 / 3.0)),
-                    backbone="simple", head_channels=64, max_boxes=200, tile_size=400, tile_overlap=100)
+PRESETS = {
+    "article": Preset("VGG16, 800x800, stride 16, anchors 128/256/512 px x ratios 0.5/1/2, SGD 0.001",
+                      image_size=(800, 800), backbone="vgg16"),
+    "fpn": Preset("ResNet-50-FPN P2-P6, 800x800, anchors 32-512 px (one size per level) x 3 ratios, SGD 0.01",
+                  image_size=(800, 800), backbone="resnet50_fpn", learning_rate=1e-2),
+    "deepforest": Preset("tree crowns: simple backbone, 400x400 tiles, stride 8, anchors 20/40/80 px, Adam 0.001, "
+                         "--format deepforest", image_size=(400, 400), backbone="simple", scales=(2.5, 5.0, 10.0),
+                         ratios=(0.75, 1.0, 4.0 / 3.0), stride=8, head_channels=64, max_boxes=200,
+                         data_format="deepforest", tile_size=400, tile_overlap=100, optimizer="adam"),
+}
+DEEPFOREST = PRESETS["deepforest"]

@@ -1,13 +1,21 @@
 import json
+import os
+import subprocess
+import sys
 
+import io
+
+import numpy as np
 import pytest
+from PIL import Image
 import tensorflow as tf
 
-from rpn_tf.tools import cli
+from rpn_tf.tools import cli, visualize
 from rpn_tf.data import deepforest
 
-SMALL = ["--format", "deepforest", "--data", "OSBS_029", "--tile", "200", "--tile-overlap", "50"]
-MODEL = ["--image-size", "200", "200", "--stride", "8", "--head-channels", "16"]
+SMALL = ["--preset", "deepforest", "--data", "OSBS_029", "--tile", "200", "--tile-overlap", "50"]
+MODEL = ["--image-size", "200", "200", "--head-channels", "16"]
+EVAL_DATA = ["--format", "deepforest", "--data", "OSBS_029", "--tile", "200", "--tile-overlap", "50"]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +37,7 @@ def test_train_with_validation_keeps_the_best_checkpoint(tmp_path, capsys):
 
 def test_evaluate(trained, tmp_path, capsys):
     results_path = tmp_path / "results.json"
-    assert cli.main(["evaluate", str(trained / "model.keras"), *SMALL, "--json", str(results_path)]) == 0
+    assert cli.main(["evaluate", str(trained / "model.keras"), *EVAL_DATA, "--json", str(results_path)]) == 0
     results = json.loads(results_path.read_text())
     for key in ("recall@100_iou0.5", "recall@300_iou0.7", "ar@100", "ar@300", "ar@1000"):
         assert 0.0 <= results[key] <= 1.0
@@ -39,7 +47,7 @@ def test_evaluate(trained, tmp_path, capsys):
 
 def test_evaluate_diagnose_prints_the_waterfall_and_writes_a_plot(trained, tmp_path, capsys):
     plot, results_path = tmp_path / "waterfall.png", tmp_path / "results.json"
-    assert cli.main(["evaluate", str(trained / "model.keras"), *SMALL, "--diagnose", "--plot", str(plot),
+    assert cli.main(["evaluate", str(trained / "model.keras"), *EVAL_DATA, "--diagnose", "--plot", str(plot),
                      "--json", str(results_path)]) == 0
     out = capsys.readouterr().out
     for stage in ("all anchors", "all decoded boxes", "top 300 by score (no NMS)", "top 1000 after NMS"):
@@ -66,8 +74,8 @@ def test_export_and_predict(trained, tmp_path, capsys):
         assert 0 < len(result["boxes_yxyx"]) <= 10
     b_boxes = json.loads((out / "b_proposals.json").read_text())["boxes_yxyx"]
     assert all(box[2] <= 150 and box[3] <= 300 for box in b_boxes)  # original image pixels
-    with pytest.raises(SystemExit, match="no images"):
-        cli.main(["predict", str(trained / "model.keras"), str(tmp_path / "missing.jpg")])
+    assert cli.main(["predict", str(trained / "model.keras"), str(tmp_path / "missing.jpg")]) == 2
+    assert "no images found" in capsys.readouterr().err
     # One unreadable image in the folder: stop naming it, or skip it with a named warning.
     (images / "c.jpg").write_bytes(b"\xff\xd8\xff this is not a whole jpeg")
     assert cli.main(["predict", str(trained / "model.keras"), str(images), "--out", str(out)]) == 2
@@ -79,22 +87,91 @@ def test_export_and_predict(trained, tmp_path, capsys):
 
 def test_visualize_targets(tmp_path, capsys):
     output = tmp_path / "targets.png"
-    assert cli.main(["visualize-targets", "--format", "deepforest", "--data", "OSBS_029",
+    assert cli.main(["visualize-targets", "--preset", "deepforest", "--data", "OSBS_029", "--image-size", "300", "300",
                      "--output", str(output)]) == 0
-    assert output.read_bytes()[:4] == b"\x89PNG"
+    picture = np.asarray(Image.open(output))
+    assert picture.shape == (600, 600, 3)  # the 300 px training canvas, enlarged 2x for reading
     assert "positive (red)" in capsys.readouterr().out
+    assert_legend(picture, [visualize.BLUE, visualize.RED, visualize.GREEN])
 
 
-def test_data_argument_errors():
-    with pytest.raises(SystemExit, match="--data is required"):
-        cli.main(["visualize-targets", "--format", "voc"])
-    with pytest.raises(SystemExit, match="--images is required"):
-        cli.main(["visualize-targets", "--format", "coco", "--data", "x.json"])
+def assert_legend(picture, colours):
+    """The legend: a black box in the top-left corner with one swatch per set, in order."""
+    assert np.all(picture[7, 7] == 0)
+    for row, colour in enumerate(colours):
+        y = int(6 * 1.5 + row * 16) + 6
+        assert tuple(picture[y, 18]) == colour, (row, tuple(picture[y, 18]))
+
+
+def test_pictures_have_thick_boxes_a_legend_and_rank_shading():
+    image = np.full((100, 150, 3), 128, np.uint8)
+    boxes = np.array([[10, 10, 50, 60], [40, 70, 90, 140]], np.float32)
+    picture = np.asarray(Image.open(io.BytesIO(visualize.proposals_picture(image, boxes, [0.9, 0.1],
+                                                                           boxes[:1]))))
+    assert picture.shape == (400, 600, 3)  # enlarged 4x: the longer side reaches 600 px
+    assert_legend(picture, [visualize.YELLOW, visualize.GREEN])
+    # The lower-scored proposal (second box) is drawn dimmer, 2 px wide at the output size.
+    left_edge = picture[200:320, 70 * 4 - 1:70 * 4 + 3]
+    dim = np.round(np.array(visualize.YELLOW) * 0.35).astype(np.uint8)
+    assert (np.all(left_edge == dim, axis=-1).sum(axis=1) >= 2).all()
 
 
 def test_model_arguments_build_fpn_and_resize_policy():
-    args = cli.build_parser().parse_args(["train", "--backbone", "simple_fpn", "--image-size", "64", "96",
-                                          "--resize", "shorter_side", "--head-channels", "8"])
-    model = cli._build_model(args)
+    args = cli.resolve(cli.build_parser().parse_args(["train", "--format", "voc", "--backbone", "simple_fpn",
+                                                      "--image-size", "64", "96", "--resize", "shorter_side",
+                                                      "--head-channels", "8"]))
+    model = cli.build_model(args)
     assert model.backbone_strides == (4, 8, 16, 32, 64) and model.resize.policy == "shorter_side"
     assert model.target_encoder.resize == model.resize
+
+
+def test_presets_and_derived_stride():
+    article = cli.resolve(cli.build_parser().parse_args(["train", "--format", "voc"]))
+    assert (article.backbone, article.image_size, article.stride, article.scales, article.ratios) == \
+        ("vgg16", [800, 800], 16, [8.0, 16.0, 32.0], [0.5, 1.0, 2.0])
+    assert (article.optimizer, article.learning_rate) == ("sgd", 1e-3)
+    forest = cli.resolve(cli.build_parser().parse_args(["train", "--preset", "deepforest"]))
+    assert (forest.format, forest.backbone, forest.stride, forest.tile) == ("deepforest", "simple", 8, 400)
+    # Another backbone than the preset's takes its own stride: no "stride 16 but anchor stride 8" crash.
+    other = cli.resolve(cli.build_parser().parse_args(["train", "--preset", "deepforest", "--backbone", "vgg16"]))
+    assert other.stride == 16
+
+
+def run_cli(*argv):
+    """``rpn-tf ARGV`` in a subprocess: (exit status, stdout, stderr)."""
+    script = os.path.join(os.path.dirname(sys.executable), "rpn-tf")  # the installed command
+    command = [script] if os.path.exists(script) else [sys.executable, "-m", "rpn_tf.tools.cli"]
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}  # a user's shell
+    result = subprocess.run([*command, *argv], capture_output=True, text=True, timeout=300, env=env)
+    return result.returncode, result.stdout, result.stderr
+
+
+def test_help_is_plain_and_quiet():
+    status, out, err = run_cli("train", "--help")
+    assert status == 0 and err == ""
+    assert "--preset" in out and "(default: 10)" in out and "``" not in out
+    assert not any(marker in out for marker in ("I0000", "W0000", "oneDNN", "tensorflow"))
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--format", "voc", "--data", "/no/such/folder"], "no such folder: /no/such/folder"),
+    (["train", "--data", "x"], "--format is required"),
+    (["train", "--format", "voc", "--backbone", "vgg61"], "invalid choice: 'vgg61'"),
+    (["train", "--format", "voc", "--data", ".", "--weights", "/no/weights.h5"], "--weights: no such file"),
+    (["evaluate", "/no/model.keras", "--format", "voc", "--data", "."], "no such model file"),
+    (["visualize-targets", "--preset", "deepforest", "--data", "OSBS_029", "--index", "5"], "--index 5 is past the end"),
+    (["visualize-targets", "--format", "coco", "--data", __file__], "--images is required"),
+])
+def test_ordinary_mistakes_give_one_line_and_exit_2(argv, message):
+    status, out, err = run_cli(*argv)
+    assert status == 2 and message in err, (status, err)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_keras_file_that_is_not_an_rpn_model_is_named(tmp_path):
+    import keras
+
+    path = str(tmp_path / "other.keras")
+    keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save(path)
+    status, _, err = run_cli("export", path, "--base-dir", str(tmp_path / "serving"))
+    assert status == 2 and "Sequential" in err and "RPNModel" in err and len(err.strip().splitlines()) == 1

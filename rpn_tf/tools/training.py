@@ -1,0 +1,107 @@
+"""``rpn-tf train``: dataset summary, optimizer and schedule, strategies (fit or the TensorFlow-native loop), tf.data
+service, checkpoints and resume."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+
+import keras
+import tensorflow as tf
+
+from rpn_tf.tools.cli import UsageError, build_model, load_dataset
+
+STEP_DECAY_AT = 0.75  # the article: 60k iterations at 0.001, then 20k at 0.0001
+
+
+def dataset_summary(dataset, report):
+    """``(images, boxes)`` counted in one pass over ``dataset`` and a one-line summary with what was excluded."""
+    images = boxes = 0
+    for element in dataset:
+        images += 1
+        boxes += int(element["boxes"].shape[0])
+    excluded = []
+    if report is not None:
+        excluded = [f"{count} {reason}" for reason, count in report.excluded_boxes.items() if count]
+        if report.skipped:
+            excluded.append(f"{len(report.skipped)} records skipped as malformed")
+    line = f"dataset: {images} images, {boxes} boxes" + (f" (excluded: {', '.join(excluded)})" if excluded else "")
+    return images, boxes, line
+
+
+def make_optimizer(name, learning_rate, schedule, total_steps):
+    if schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, max(total_steps, 1))
+    elif schedule == "step":
+        learning_rate = keras.optimizers.schedules.PiecewiseConstantDecay(
+            [max(int(total_steps * STEP_DECAY_AT), 1)], [learning_rate, learning_rate * 0.1])
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=0.9)
+    if name == "adamw":
+        return keras.optimizers.AdamW(learning_rate, weight_decay=1e-4)
+    return keras.optimizers.Adam(learning_rate)
+
+
+def train(args):
+    from rpn_tf.modeling.callbacks import AtomicCheckpoint, CrashSafeBackup, save_atomically
+    from rpn_tf.modeling.distributed import DistributedTrainer, is_chief, strategy_from_name
+
+    loop = args.strategy in ("multi_worker", "tpu")
+    if loop and args.val_data:
+        raise UsageError(f"--val-data is not supported with --strategy {args.strategy} (evaluate the saved model "
+                         "with rpn-tf evaluate)")
+    elements, report = load_dataset(args)
+    images, _, line = dataset_summary(elements, report)
+    print(line, flush=True)
+    if images == 0:
+        raise UsageError("the dataset has no images")
+    steps_per_epoch = images // args.batch_size if loop else math.ceil(images / args.batch_size)
+    if steps_per_epoch == 0:
+        raise UsageError(f"--batch-size {args.batch_size} is larger than the dataset ({images} images)")
+    if args.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    strategy = strategy_from_name(args.strategy, args.tpu)
+    with strategy.scope():
+        model = build_model(args)
+        optimizer = make_optimizer(args.optimizer, args.learning_rate, args.lr_schedule,
+                                   steps_per_epoch * args.epochs)
+        model.compile(optimizer=optimizer, jit_compile=args.jit_compile and not loop)
+    dataset = (elements.shuffle(256, seed=0 if loop else None, reshuffle_each_iteration=True)
+               .map(model.target_encoder, num_parallel_calls=tf.data.AUTOTUNE)
+               .batch(args.batch_size, drop_remainder=loop))
+    if args.data_service:
+        from rpn_tf.data.service import distribute
+
+        dataset = distribute(dataset, args.data_service, args.data_service_mode)
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    os.makedirs(args.out, exist_ok=True)
+    start = time.perf_counter()
+    path = os.path.join(args.out, "model.keras")
+    if loop:
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        trainer = DistributedTrainer(model, strategy, os.path.join(args.out, "checkpoints"),
+                                     jit_compile=args.jit_compile)
+        trainer.fit(dataset.with_options(options), args.epochs, steps_per_epoch)
+        if not is_chief(strategy):
+            return 0
+    else:
+        # Resume: an interrupted run (even killed mid-write) restarts from its last finished epoch.
+        backup = CrashSafeBackup(os.path.join(args.out, "backup"))
+        initial_epoch = backup.restore(model)
+        validation = None
+        if args.val_data:
+            validation = (load_dataset(args, args.val_data)[0]
+                          .map(model.target_encoder, num_parallel_calls=tf.data.AUTOTUNE)
+                          .batch(args.batch_size).prefetch(tf.data.AUTOTUNE))
+        # With validation data the checkpoint is the best model by validation recall@300 (IoU 0.5), else the last.
+        monitor = f"val_recall@{model.recall_top_n}_iou0.5" if validation is not None else None
+        callbacks = [AtomicCheckpoint(os.path.join(args.out, "checkpoint.keras"), monitor=monitor),
+                     keras.callbacks.TensorBoard(os.path.join(args.out, "logs")), backup]
+        model.fit(dataset, epochs=args.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+                  validation_data=validation, shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
+    save_atomically(model, path)
+    print(f"trained in {time.perf_counter() - start:.0f} s; saved {path}")
+    return 0

@@ -1,0 +1,111 @@
+"""Multi-worker training on loopback: two worker processes (TF_CONFIG on 127.0.0.1) against one process."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_worker.py")
+TIMEOUT = 240
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def start(out, strategy, epochs, tf_config=None, log=None):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("TF_CONFIG", None)
+    if tf_config is not None:
+        env["TF_CONFIG"] = json.dumps(tf_config)
+    return subprocess.Popen([sys.executable, WORKER, str(out), strategy, str(epochs)], env=env,
+                            stdout=open(log, "w") if log else subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
+def start_pair(out, epochs):
+    ports = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    return [start(out, "multi_worker", epochs, {"cluster": cluster, "task": {"type": "worker", "index": index}},
+                  os.path.join(out, f"worker{index}.log")) for index in range(2)]
+
+
+def stop(processes):
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)
+
+
+def wait(processes):
+    deadline = time.time() + TIMEOUT
+    for process in processes:
+        process.wait(timeout=max(deadline - time.time(), 1))
+        assert process.returncode == 0, f"a training process exited with {process.returncode}"
+
+
+def weights(out):
+    data = np.load(os.path.join(out, "weights.npz"))
+    return [data[key] for key in data.files]
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    processes = [start(out, "default", 3, log=os.path.join(out, "log"))]
+    try:
+        wait(processes)
+    finally:
+        stop(processes)
+    return out
+
+
+def test_two_workers_equal_one_process_on_the_global_batch(single_run, tmp_path):
+    processes = start_pair(tmp_path, 3)
+    try:
+        wait(processes)
+    finally:
+        stop(processes)
+    for ours, reference in zip(weights(tmp_path), weights(single_run)):
+        np.testing.assert_allclose(ours, reference, rtol=1e-3, atol=1e-4)  # summation order differs
+    chief_log, other_log = (open(tmp_path / f"worker{i}.log").read() for i in range(2))
+    assert "epoch 3/3" in chief_log and "epoch" not in other_log  # progress on the chief only
+    # Only the chief keeps checkpoints; the other worker's throw-away copies are gone.
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["checkpoint", "ckpt-2.data-00000-of-00001",
+                                                            "ckpt-2.index", "ckpt-3.data-00000-of-00001",
+                                                            "ckpt-3.index"]
+
+
+def test_a_killed_pair_resumes_from_its_checkpoint(single_run, tmp_path):
+    processes = start_pair(tmp_path, 3)
+    try:
+        deadline = time.time() + TIMEOUT
+        while not os.path.exists(tmp_path / "checkpoints" / "checkpoint") and time.time() < deadline:
+            assert all(p.poll() is None for p in processes), "a worker ended before its first checkpoint"
+            time.sleep(0.05)
+        for process in processes:
+            process.send_signal(signal.SIGKILL)
+    finally:
+        stop(processes)
+    assert not os.path.exists(tmp_path / "weights.npz")
+    processes = start_pair(tmp_path, 3)
+    try:
+        wait(processes)
+    finally:
+        stop(processes)
+    log = open(tmp_path / "worker0.log").read()
+    assert "resuming from epoch" in log
+    for ours, reference in zip(weights(tmp_path), weights(single_run)):
+        np.testing.assert_allclose(ours, reference, rtol=1e-3, atol=1e-4)  # summation order differs
