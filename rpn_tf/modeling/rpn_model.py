@@ -218,6 +218,13 @@ class RPNModel(keras.Model):
             logs.update(result if isinstance(result, dict) else {metric.name: result})
         return logs
 
+    def fit(self, x=None, y=None, *args, shuffle=None, **kwargs):
+        """``keras.Model.fit``; a ``tf.data.Dataset`` is not reshuffled by Keras anyway, so ``shuffle`` defaults to
+        ``False`` for one (Keras's default ``True`` only prints a warning on every call)."""
+        if shuffle is None:
+            shuffle = not isinstance(x, tf.data.Dataset)
+        return super().fit(x, y, *args, shuffle=shuffle, **kwargs)
+
     def train_step(self, data):
         images, targets = self._unpack(data)
         with tf.GradientTape() as tape:

@@ -101,7 +101,7 @@ def train(args):
         callbacks = [AtomicCheckpoint(os.path.join(args.out, "checkpoint.keras"), monitor=monitor),
                      keras.callbacks.TensorBoard(os.path.join(args.out, "logs")), backup]
         model.fit(dataset, epochs=args.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
-                  validation_data=validation, shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
+                  validation_data=validation, verbose=1 if sys.stdout.isatty() else 2)
     save_atomically(model, path)
     print(f"trained in {time.perf_counter() - start:.0f} s; saved {path}")
     return 0
