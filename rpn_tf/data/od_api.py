@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import glob
-
 import numpy as np
 import tensorflow as tf
 
@@ -68,7 +66,7 @@ def read_od_tfrecords(pattern, num_parallel_calls=tf.data.AUTOTUNE, verify=True)
     ``verify`` (default) first walks every file's record framing (``check_tfrecord_framing``: a seek per record, no
     data read), so a truncated file is named up front instead of failing mid-epoch with an anonymous
     ``DataLossError``."""
-    files = sorted(glob.glob(pattern)) if isinstance(pattern, str) else list(pattern)
+    files = sorted(tf.io.gfile.glob(pattern)) if isinstance(pattern, str) else list(pattern)  # gs:// too
     if not files:
         raise FileNotFoundError(f"no TFRecord files match {pattern!r}")
     if verify:

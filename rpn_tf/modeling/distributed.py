@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 
@@ -55,16 +54,17 @@ def strategy_from_name(name, tpu=None):
 
 
 def is_chief(strategy=None):
-    """Whether this process is the chief of its cluster (always true outside multi-worker training)."""
-    resolver = getattr(strategy or tf.distribute.get_strategy(), "cluster_resolver", None)
-    task_type = getattr(resolver, "task_type", None)
-    task_id = getattr(resolver, "task_id", 0) or 0
-    if task_type is None:
-        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-        task_type, task_id = config.get("task", {}).get("type"), config.get("task", {}).get("index", 0)
-        if "chief" in config.get("cluster", {}):
-            return task_type == "chief"
-    return task_type in (None, "chief") or (task_type == "worker" and task_id == 0)
+    """Whether this process is the chief of its cluster — the one that writes checkpoints, the model and exports
+    (``strategy.extended.should_checkpoint``; always true outside multi-worker training)."""
+    strategy = strategy or tf.distribute.get_strategy()
+    should = getattr(strategy.extended, "should_checkpoint", None)
+    if should is not None:
+        return bool(should)
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = config.get("task", {})
+    if "chief" in config.get("cluster", {}):
+        return task.get("type") == "chief"
+    return task.get("type") in (None, "chief") or (task.get("type") == "worker" and task.get("index", 0) == 0)
 
 
 class DistributedTrainer:
@@ -76,11 +76,13 @@ class DistributedTrainer:
       checkpoint_dir: where the chief keeps the last ``max_to_keep`` checkpoints (model, optimizer, epoch); a run
         started again with the same folder resumes after the last finished epoch.
       max_to_keep: checkpoints kept (2).
-      jit_compile: compile the replica step with XLA (as ``model.compile(jit_compile=True)`` would).
       verbose: print a progress line per epoch on the chief (``True``).
+
+    ``checkpoint_dir`` must be on storage every worker reads (a shared file system or a bucket): each worker
+    restores from it, so that all replicas resume from the same weights and epoch.
     """
 
-    def __init__(self, model, strategy, checkpoint_dir, max_to_keep=2, jit_compile=False, verbose=True):
+    def __init__(self, model, strategy, checkpoint_dir, max_to_keep=2, verbose=True):
         if getattr(model, "optimizer", None) is None:
             raise ValueError("compile the model (with its optimizer) under strategy.scope() before training")
         self.model, self.strategy = model, strategy
@@ -94,8 +96,7 @@ class DistributedTrainer:
         directory = checkpoint_dir if self.chief else os.path.join(
             checkpoint_dir, f".worker-{getattr(strategy.cluster_resolver, 'task_id', 0)}-tmp")
         self._manager = tf.train.CheckpointManager(self._checkpoint, directory, max_to_keep=max_to_keep)
-        self._step = tf.function(self._replica_steps, jit_compile=False)
-        self._jit_compile = jit_compile
+        self._step = tf.function(self._replica_steps)
 
     def restore(self):
         """Restores the newest checkpoint of ``checkpoint_dir`` (if any) and returns the epoch to start from."""
@@ -112,8 +113,6 @@ class DistributedTrainer:
         def step(data):
             self.model.train_step(data)
 
-        if self._jit_compile:
-            step = tf.function(step, jit_compile=True)
         for _ in tf.range(steps):
             self.strategy.run(step, args=(next(iterator),))
 
@@ -151,7 +150,7 @@ class DistributedTrainer:
             self.epoch.assign(epoch + 1)
             self._manager.save(checkpoint_number=epoch + 1)
             if not self.chief:  # the throw-away copy of a non-chief worker
-                shutil.rmtree(self._manager.directory, ignore_errors=True)
+                tf.io.gfile.rmtree(self._manager.directory)
             for name, value in logs.items():
                 history.setdefault(name, []).append(value)
             if self.verbose:

@@ -84,6 +84,9 @@ class RPNModel(keras.Model):
         self.resize = as_resize_config(resize)
         target_config = target_encoder_config if isinstance(target_encoder_config, TargetConfig) else \
             config_from_kwargs(TargetConfig, None, target_encoder_config)
+        if negative_sampling == "hard" and target_config.target_format == "sparse":
+            raise ValueError("negative_sampling='hard' mines among every labeled anchor, which needs dense targets: "
+                             "use TargetConfig(target_format='dense')")
         if negative_sampling == "hard" and target_config.sampling != "none":
             target_config = dataclasses.replace(target_config, sampling="none")  # the loss samples itself
         self.rpn_loss = RpnLoss(objectness_loss, focal_gamma, focal_alpha, smooth_l1_beta, box_loss_weight,

@@ -72,6 +72,8 @@ def best_gt_match(iou, gt_axis):
     index_shape[axis] = -1
     gt_index = tf.reshape(tf.range(num_gt), index_shape)
     first = tf.reduce_min(tf.where(iou == tf.expand_dims(best_iou, axis), gt_index, num_gt), axis=axis)
+    # In range even if a compiler computed the IoU differently for the max and for the comparison.
+    first = tf.minimum(first, tf.maximum(num_gt - 1, 0))
     return tf.where(best_iou >= 0.0, first, -1), best_iou
 
 

@@ -118,12 +118,13 @@ class RpnTargetAssigner:
         constants = tuple(tf.gather(c, safe) for c in self._anchor_constants)
         deltas = tf.where((matched >= 0)[..., None], BoxCoder.encode_with_constants(terms, constants), 0.0)
         pad = [[0, 0], [0, size - tf.shape(position)[1]]]
+        batch = sampled.shape[0]  # static shapes for batching, TPUs and XLA: [B, S] and [B, S, 4]
         return {
-            "rpn_sample_indices": tf.pad(tf.where(present, tf.gather(self.matcher.inside_index, safe), -1), pad,
-                                         constant_values=-1),
-            "rpn_sample_labels": tf.pad(tf.where(present, tf.gather(sampled, safe, batch_dims=1), -1), pad,
-                                        constant_values=-1),
-            "rpn_sample_deltas": tf.pad(deltas, pad + [[0, 0]]),
+            "rpn_sample_indices": tf.ensure_shape(tf.pad(tf.where(present, tf.gather(self.matcher.inside_index, safe),
+                                                                  -1), pad, constant_values=-1), [batch, size]),
+            "rpn_sample_labels": tf.ensure_shape(tf.pad(tf.where(present, tf.gather(sampled, safe, batch_dims=1), -1),
+                                                        pad, constant_values=-1), [batch, size]),
+            "rpn_sample_deltas": tf.ensure_shape(tf.pad(deltas, pad + [[0, 0]]), [batch, size, 4]),
         }
 
 

@@ -155,9 +155,9 @@ def _map_naming_failures(fn, values, message):
         lambda index, value: (index, fn(value)), num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
     outputs = dataset.element_spec[1]
     initial = (tf.zeros([0], tf.int64), tuple(tf.zeros([0, *spec.shape], spec.dtype) for spec in outputs))
-    done, stacked = dataset.reduce(initial, lambda state, element: (
-        tf.concat([state[0], element[0][None]], 0),
-        tuple(tf.concat([s, e[None]], 0) for s, e in zip(state[1], element[1]))))
+    # Everything that arrives comes as one batch (the reduction runs at most once: no quadratic concatenation).
+    done, stacked = dataset.batch(tf.maximum(tf.size(values, out_type=tf.int64), 1)).reduce(
+        initial, lambda state, batch: batch)
     arrived = tf.scatter_nd(done[:, None], tf.ones_like(done, tf.bool), tf.shape(indices, tf.int64))
     failed = tf.where(tf.logical_not(arrived))[:, 0]
     head, tail = message.split("{}")

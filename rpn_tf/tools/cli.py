@@ -20,14 +20,11 @@ import json
 import os
 import sys
 
+from rpn_tf.tools.errors import UsageError
 from rpn_tf.tools.presets import BACKBONE_STRIDES, BACKBONES, FPN_BACKBONES, PRESETS
 
 FORMATS = ("deepforest", "voc", "coco", "tfrecord")
 RESIZE_POLICIES = ("letterbox", "stretch", "shorter_side")
-
-
-class UsageError(Exception):
-    """An ordinary mistake of the user: reported in one line, exit status 2."""
 
 
 def import_tensorflow():
@@ -75,8 +72,9 @@ def _add_data_arguments(parser, data_help="dataset path: see --format"):
     parser.add_argument("--skip-errors", action="store_true",
                         help="skip malformed records and unreadable images (named and counted) instead of stopping "
                              "at the first")
-    parser.add_argument("--tile", type=int, default=None, help="cut images into tiles of this size (default: the "
-                                                               "preset's; deepforest: 400)")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="cut images into tiles of this size (train / visualize-targets default to the preset's: "
+                             "deepforest 400; else no tiling)")
     parser.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in pixels (default: tile / 4)")
 
 
@@ -95,7 +93,8 @@ def _add_model_arguments(parser):
                         help="anchor / feature stride (default: the backbone's: 16; the simple backbone also "
                              "takes 4, 8 or 32)")
     parser.add_argument("--scales", type=float, nargs="+", default=None,
-                        help="anchor scales in units of the stride (default: the preset's; article: 8 16 32)")
+                        help="anchor scales in units of the stride (default: the preset's anchor sizes in pixels at "
+                             "this stride; article: 8 16 32 = 128/256/512 px)")
     parser.add_argument("--ratios", type=float, nargs="+", default=None,
                         help="anchor aspect ratios h/w (default: the preset's; article: 0.5 1 2)")
     parser.add_argument("--head-channels", type=int, default=None,
@@ -120,7 +119,9 @@ def resolve(args):
     if args.stride is None and args.backbone not in FPN_BACKBONES:
         args.stride = preset.stride if (preset.stride and args.backbone == preset.backbone) else \
             BACKBONE_STRIDES[args.backbone]
-    args.scales = args.scales or list(preset.scales)
+    if args.scales is None:  # the preset's anchor sizes in pixels, whatever the stride
+        preset_stride = preset.stride or BACKBONE_STRIDES.get(preset.backbone, 16)
+        args.scales = [scale * preset_stride / (args.stride or preset_stride) for scale in preset.scales]
     args.ratios = args.ratios or list(preset.ratios)
     if args.head_channels is None:
         args.head_channels = preset.head_channels
@@ -375,7 +376,8 @@ def build_parser():
     train.add_argument("--val-data", default=None,
                        help="validation data in the same --format, evaluated each epoch; checkpoint.keras then keeps "
                             "the best model by validation recall@300 (IoU 0.5)")
-    train.add_argument("--mixed-precision", action="store_true", help="mixed_float16 compute (GPUs, TPUs)")
+    train.add_argument("--mixed-precision", action="store_true",
+                       help="mixed_float16 compute on GPUs, mixed_bfloat16 with --strategy tpu")
     train.add_argument("--jit-compile", action="store_true", help="compile the training step with XLA")
     train.add_argument("--strategy", choices=("default", "mirrored", "multi_worker", "tpu"), default="default",
                        help="mirrored: all local GPUs (model.fit); multi_worker: the workers of TF_CONFIG, tpu: a "
@@ -460,13 +462,16 @@ def main(argv=None):
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, NotADirectoryError, PermissionError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except ValueError as error:  # bad combinations of settings, named by the library
-        if os.environ.get("RPN_TF_DEBUG"):
+    except Exception as error:  # noqa: BLE001 — one line for the ordinary failures; RPN_TF_DEBUG=1 for the rest
+        ordinary = (FileNotFoundError, NotADirectoryError, PermissionError, ValueError, RuntimeError)
+        tf = sys.modules.get("tensorflow")
+        if tf is not None:
+            ordinary += (tf.errors.OpError,)
+        if os.environ.get("RPN_TF_DEBUG") or not isinstance(error, ordinary):
             raise
-        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
+        message = getattr(error, "message", None) or str(error)
+        print(f"error: {message.strip().splitlines()[0] if message.strip() else type(error).__name__}",
+              file=sys.stderr)
         return 2
 
 

@@ -11,7 +11,8 @@ import time
 import keras
 import tensorflow as tf
 
-from rpn_tf.tools.cli import UsageError, build_model, load_dataset
+from rpn_tf.tools.cli import build_model, load_dataset
+from rpn_tf.tools.errors import UsageError
 
 STEP_DECAY_AT = 0.75  # the article: 60k iterations at 0.001, then 20k at 0.0001
 
@@ -52,6 +53,13 @@ def train(args):
     if loop and args.val_data:
         raise UsageError(f"--val-data is not supported with --strategy {args.strategy} (evaluate the saved model "
                          "with rpn-tf evaluate)")
+    if loop and args.jit_compile:
+        raise UsageError(f"--jit-compile is not supported with --strategy {args.strategy} (TPU steps are always "
+                         "compiled with XLA)")
+    # The strategy first: multi-worker collectives must be configured before any other TensorFlow op runs.
+    strategy = strategy_from_name(args.strategy, args.tpu)
+    if args.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16" if args.strategy == "tpu" else "mixed_float16")
     elements, report = load_dataset(args)
     images, _, line = dataset_summary(elements, report)
     print(line, flush=True)
@@ -60,9 +68,6 @@ def train(args):
     steps_per_epoch = images // args.batch_size if loop else math.ceil(images / args.batch_size)
     if steps_per_epoch == 0:
         raise UsageError(f"--batch-size {args.batch_size} is larger than the dataset ({images} images)")
-    if args.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    strategy = strategy_from_name(args.strategy, args.tpu)
     with strategy.scope():
         model = build_model(args)
         optimizer = make_optimizer(args.optimizer, args.learning_rate, args.lr_schedule,
@@ -82,8 +87,7 @@ def train(args):
     if loop:
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        trainer = DistributedTrainer(model, strategy, os.path.join(args.out, "checkpoints"),
-                                     jit_compile=args.jit_compile)
+        trainer = DistributedTrainer(model, strategy, os.path.join(args.out, "checkpoints"))
         trainer.fit(dataset.with_options(options), args.epochs, steps_per_epoch)
         if not is_chief(strategy):
             return 0

@@ -15,7 +15,7 @@ import rpn_tf
 from rpn_tf.modeling.callbacks import AtomicCheckpoint, CrashSafeBackup, save_atomically
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TRAIN = ["-m", "rpn_tf.tools.cli", "train", "--format", "deepforest", "--data", "OSBS_029", "--tile", "128",
+TRAIN = ["-m", "rpn_tf.tools.cli", "train", "--preset", "deepforest", "--data", "OSBS_029", "--tile", "128",
          "--tile-overlap", "0", "--image-size", "128", "128", "--stride", "8", "--head-channels", "8",
          "--batch-size", "4", "--epochs", "40"]
 

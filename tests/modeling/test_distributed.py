@@ -109,3 +109,28 @@ def test_a_killed_pair_resumes_from_its_checkpoint(single_run, tmp_path):
     assert "resuming from epoch" in log
     for ours, reference in zip(weights(tmp_path), weights(single_run)):
         np.testing.assert_allclose(ours, reference, rtol=1e-3, atol=1e-4)  # summation order differs
+
+
+def test_rpn_tf_train_strategy_multi_worker(tmp_path):
+    """The CLI path: two `rpn-tf train --strategy multi_worker` processes; the chief alone saves the model."""
+    script = os.path.join(os.path.dirname(sys.executable), "rpn-tf")
+    command = [script] if os.path.exists(script) else [sys.executable, "-m", "rpn_tf.tools.cli"]
+    argv = [*command, "train", "--preset", "deepforest", "--data", "OSBS_029", "--tile", "200", "--tile-overlap",
+            "50", "--image-size", "200", "200", "--head-channels", "8", "--epochs", "2", "--batch-size", "2",
+            "--strategy", "multi_worker", "--out", str(tmp_path / "run")]
+    ports = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    processes = []
+    try:
+        for index in range(2):
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": "",
+                   "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+            processes.append(subprocess.Popen(argv, env=env, stdout=open(tmp_path / f"log{index}", "w"),
+                                              stderr=subprocess.STDOUT))
+        wait(processes)
+    finally:
+        stop(processes)
+    chief, other = (open(tmp_path / f"log{index}").read() for index in range(2))
+    assert "epoch 2/2" in chief and "saved" in chief and "epoch" not in other and "saved" not in other
+    assert (tmp_path / "run" / "model.keras").exists()
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints"))[0] == "checkpoint"

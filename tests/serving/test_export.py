@@ -172,7 +172,7 @@ def test_export_errors(keras_file, export_dir, tmp_path):
     with pytest.raises(FileExistsError, match="immutable"):
         export_saved_model(load_model(keras_file), base, "rpn", version=1)
     result = run([sys.executable, EXPORT_SCRIPT, str(tmp_path / "missing.keras"), "--base-dir", str(tmp_path)])
-    assert result.returncode == 2 and "does not exist" in result.stderr
+    assert result.returncode == 2 and "no such model file" in result.stderr
     weights = tmp_path / "rpn.weights.h5"
     load_model(keras_file).save_weights(str(weights))
     with pytest.raises(ValueError, match="config"):
