@@ -20,7 +20,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 
-def _call(signatures, signature_name, inputs):
+def call_signature(signatures, signature_name, inputs):
+    """Runs one signature of a loaded SavedModel on NumPy-like inputs (cast to its input dtypes): NumPy outputs."""
     if signature_name not in signatures:
         raise ValueError(f"no signature {signature_name!r}")
     function = signatures[signature_name]
@@ -40,7 +41,7 @@ class _Servicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {request.model_spec.name}")
         inputs = {key: tf.make_ndarray(proto) for key, proto in request.inputs.items()}
         try:
-            outputs = _call(self.signatures, request.model_spec.signature_name or "serving_default", inputs)
+            outputs = call_signature(self.signatures, request.model_spec.signature_name or "serving_default", inputs)
         except (tf.errors.InvalidArgumentError, ValueError) as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(getattr(error, "message", error))[:500])
         response = predict_pb2.PredictResponse()
@@ -67,7 +68,7 @@ def _rest_handler(model_name, signatures):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 inputs = {key: np.array(_from_json(value), dtype=object if _is_bytes(value) else None)
                           for key, value in body["inputs"].items()}
-                outputs = _call(signatures, body.get("signature_name", "serving_default"), inputs)
+                outputs = call_signature(signatures, body.get("signature_name", "serving_default"), inputs)
             except (tf.errors.InvalidArgumentError, ValueError, KeyError) as error:
                 return self._reply(400, {"error": str(getattr(error, "message", error))[:500]})
             self._reply(200, {"outputs": {key: value.tolist() for key, value in outputs.items()}})

@@ -74,12 +74,11 @@ def resize_to_canvas(image, image_size, config=None):
         resized = tf.image.resize(image, size, method="bilinear")
         return resized if dtype.is_floating else tf.saturate_cast(tf.round(resized), dtype)
 
-    same_size = tf.reduce_all(size == original_size)
-    fills_canvas = tf.reduce_all(size == tf.constant(image_size, tf.int32))
-    # An image that already has the canvas size passes through untouched (padding copies the whole image: for an
-    # 800² uint8 image that cost more than its target encoding).
-    canvas = tf.cond(same_size & fills_canvas, lambda: tf.identity(image), lambda: tf.image.pad_to_bounding_box(
-        tf.cond(same_size, lambda: tf.identity(image), resample), 0, 0, image_size[0], image_size[1]))
+    resized = tf.cond(tf.reduce_all(size == original_size), lambda: tf.identity(image), resample)
+    # Padded only when it does not fill the canvas: padding copies the whole image (for an 800² uint8 image that
+    # cost more than its target encoding).
+    canvas = tf.cond(tf.reduce_all(size == tf.constant(image_size, tf.int32)), lambda: tf.identity(resized),
+                     lambda: tf.image.pad_to_bounding_box(resized, 0, 0, image_size[0], image_size[1]))
     canvas = tf.ensure_shape(canvas, [*image.shape[:-3], *image_size, 3])
     scale = tf.cast(size, tf.float32) / tf.cast(original_size, tf.float32)
     return canvas, scale, size

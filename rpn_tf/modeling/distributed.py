@@ -24,7 +24,6 @@ collective checkpointing requires) and only the chief should save the model or e
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -56,15 +55,7 @@ def strategy_from_name(name, tpu=None):
 def is_chief(strategy=None):
     """Whether this process is the chief of its cluster — the one that writes checkpoints, the model and exports
     (``strategy.extended.should_checkpoint``; always true outside multi-worker training)."""
-    strategy = strategy or tf.distribute.get_strategy()
-    should = getattr(strategy.extended, "should_checkpoint", None)
-    if should is not None:
-        return bool(should)
-    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    task = config.get("task", {})
-    if "chief" in config.get("cluster", {}):
-        return task.get("type") == "chief"
-    return task.get("type") in (None, "chief") or (task.get("type") == "worker" and task.get("index", 0) == 0)
+    return bool((strategy or tf.distribute.get_strategy()).extended.should_checkpoint)
 
 
 class DistributedTrainer:

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from rpn_tf.config import TargetConfig
 from rpn_tf.ops.box_coder import BoxCoder
-from rpn_tf.ops.matching import IGNORE, AnchorMatcher, valid_gt_mask
+from rpn_tf.ops.matching import AnchorMatcher, valid_gt_mask
 from rpn_tf.ops.sampling import content_seeds, random_seeds, sample_balanced
 
 
@@ -29,9 +29,8 @@ class RpnTargetAssigner:
         self.config = config
         self.matcher = AnchorMatcher(anchors, image_size, config.allowed_border, config.positive_iou,
                                      config.negative_iou, cell_origins)
-        # Per inside anchor: (centre y, centre x, log h, log w) and (wy / h, wx / w, wh, ww), as constants.
-        self._anchor_constants = config.box_coder.anchor_constants(self.matcher.inside_anchors.numpy())
-        self._all_anchor_constants = config.box_coder.anchor_constants(anchors)
+        # Per anchor: (centre y, centre x, log h, log w) and (wy / h, wx / w, wh, ww), as constants.
+        self._anchor_constants = config.box_coder.anchor_constants(anchors)
         # Unseeded sampling draws from a stateful generator: new samples on every pass over a dataset.
         self._generator = tf.random.Generator.from_non_deterministic_state() if config.seed is None else None
 
@@ -86,7 +85,7 @@ class RpnTargetAssigner:
         # Deltas of every anchor straight from the per-GT terms (no [A_in, 4] intermediate to scatter). An
         # unmatched anchor reads its own terms from the table's anchor part, so its deltas are exact zeros without
         # a mask (a broadcast multiply or select over [A, 4] cost more than the rest of this step).
-        anchor_terms, scales = self._all_anchor_constants
+        anchor_terms, scales = self._anchor_constants
         num_anchors = self.matcher.num_anchors
         rows = tf.where(matched_all >= 0, matched_all + num_anchors, tf.range(num_anchors)[None, :])
         if gt_terms.shape[0] == 1:  # the tf.data path: one image
@@ -113,15 +112,16 @@ class RpnTargetAssigner:
             position = tf.where(top.values > 0, num_inside - top.values, -1)
         present = position >= 0
         safe = tf.maximum(position, 0)
+        anchor_index = tf.gather(self.matcher.inside_index, safe)  # (B, S) indices among all anchors
         matched = tf.where(present, tf.gather(matched_gt_index, safe, batch_dims=1), -1)
         terms = tf.gather(gt_terms, tf.maximum(matched, 0), batch_dims=1)
-        constants = tuple(tf.gather(c, safe) for c in self._anchor_constants)
+        constants = tuple(tf.gather(c, anchor_index) for c in self._anchor_constants)
         deltas = tf.where((matched >= 0)[..., None], BoxCoder.encode_with_constants(terms, constants), 0.0)
         pad = [[0, 0], [0, size - tf.shape(position)[1]]]
         batch = sampled.shape[0]  # static shapes for batching, TPUs and XLA: [B, S] and [B, S, 4]
         return {
-            "rpn_sample_indices": tf.ensure_shape(tf.pad(tf.where(present, tf.gather(self.matcher.inside_index, safe),
-                                                                  -1), pad, constant_values=-1), [batch, size]),
+            "rpn_sample_indices": tf.ensure_shape(tf.pad(tf.where(present, anchor_index, -1), pad,
+                                                         constant_values=-1), [batch, size]),
             "rpn_sample_labels": tf.ensure_shape(tf.pad(tf.where(present, tf.gather(sampled, safe, batch_dims=1), -1),
                                                         pad, constant_values=-1), [batch, size]),
             "rpn_sample_deltas": tf.ensure_shape(tf.pad(deltas, pad + [[0, 0]]), [batch, size, 4]),

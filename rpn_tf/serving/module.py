@@ -89,7 +89,6 @@ class RpnServingModule:
     def _decode_and_infer(self, encoded, input_name):
         with tf.control_dependencies(check_encoded_images(encoded, input_name)):
             encoded = tf.identity(encoded)
-        indices = tf.range(tf.size(encoded, out_type=tf.int64))
         (sizes,) = _map_naming_failures(lambda data: (header_size(data),), encoded,
                                         f"{input_name}: elements {{}} have an unreadable image header (truncated or "
                                         "corrupt)")

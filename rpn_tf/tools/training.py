@@ -18,7 +18,8 @@ STEP_DECAY_AT = 0.75  # the article: 60k iterations at 0.001, then 20k at 0.0001
 
 
 def dataset_summary(dataset, report):
-    """``(images, boxes)`` counted in one pass over ``dataset`` and a one-line summary with what was excluded."""
+    """``(images, boxes, line)``: images and boxes counted in one pass over ``dataset``, and a one-line summary
+    with what the adapter's ``report`` excluded."""
     images = boxes = 0
     for element in dataset:
         images += 1

@@ -7,7 +7,7 @@ import tensorflow as tf
 import rpn_tf
 from rpn_tf.data import deepforest
 from rpn_tf.serving import client, export_saved_model
-from loopback import serve
+from loopback import call_signature, serve
 
 
 @pytest.fixture(scope="module")
@@ -39,18 +39,11 @@ def requests():
     }
 
 
-def direct(signatures, name, inputs):
-    function = signatures[name]
-    specs = function.structured_input_signature[1]
-    return {key: value.numpy() for key, value in
-            function(**{key: tf.constant(value, specs[key].dtype) for key, value in inputs.items()}).items()}
-
-
 @pytest.mark.parametrize("signature", ["serving_default", "image_tensor", "tf_example", "sample_rois"])
 def test_grpc_and_rest_give_what_the_saved_model_gives(served, signature):
     signatures, grpc_target, rest_url = served
     inputs = requests()[signature]
-    expected = direct(signatures, signature, inputs)
+    expected = call_signature(signatures, signature, inputs)
     over_grpc = client.grpc_predict(grpc_target, client.predict_request("rpn", signature, **inputs))
     over_rest = client.rest_predict(rest_url, "rpn", client.rest_body(signature, **inputs))
     for key, value in expected.items():
