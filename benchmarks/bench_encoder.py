@@ -4,18 +4,22 @@ Run: ``python benchmarks/bench_encoder.py [--images N] [--boxes 2 10 50]``. At 8
 (22 500), for G random GT boxes per image, in one run:
 
   ``encoder``       ``ds.map(RpnTargetEncoder(...), AUTOTUNE)`` on (uint8 800×800 image, boxes): the default path
-                    of a training pipeline (dense targets: labels ``[A]``, deltas ``[A, 4]``)
-  ``encode``        ``ds.map(encoder.encode)`` on the boxes only (dense targets)
+                    of a training pipeline (dense targets: labels ``[A]``, deltas ``[A, 4]``; the native kernels
+                    of ``rpn_tf.ops.native``, as by default)
+  ``encoder-tf``    the same with ``implementation="tf"``: the pure TensorFlow ops (bit-identical targets)
+  ``encode``        ``ds.map(encoder.encode)`` on the boxes only (dense targets, ``implementation="native"``);
+                    ``encode-tf`` with the TensorFlow ops (``encode``'s default: it also runs inside models)
   ``sparse``        ``ds.map(RpnTargetEncoder(..., target_format="sparse"))`` on (image, boxes): the 256 sampled
                     anchors' indices, labels and deltas instead of dense targets
-  ``batched``       ``ds.batch(32).map(encoder.encode)``: one graph call per batch of padded GT
+  ``batched``       ``ds.batch(32).map(encoder.encode)``: one graph call per batch of padded GT (native;
+                    ``batched-tf`` the TensorFlow ops)
   ``MG``            ``ds.map`` of Model Garden's ``RpnAnchorLabeler.label_anchors`` on the boxes (tf-models-official
                     2.20, the same anchors, thresholds and sample size; see ``benchmarks/model_garden.py``)
   ``MG+image``      the same on (image, boxes), the image passed through: the same pipeline shape as ``encoder``
   ``numpy``         the straightforward NumPy encoder of ``tests/reference.py``, one image at a time
 
 and prints images/s and the ratios like for like: ``encoder`` / ``MG+image`` (the default path of a training
-pipeline), ``encode`` / ``MG`` (boxes only), ``sparse`` / ``MG+image``, ``batched`` / ``MG``. Each path's best of 5 passes, the
+pipeline), ``encode`` / ``MG`` (boxes only), ``sparse`` / ``MG+image``, ``batched`` / ``MG``, and the ``-tf`` paths'. Each path's best of 5 passes, the
 paths taking turns (a shared 2-core machine is noisy).
 Not a test: numbers depend on the machine.
 """
@@ -64,17 +68,23 @@ def interleaved_rates(datasets, rounds):
 
 
 def tf_paths(gt, repeats):
+    """rpn-tf's paths; ``-tf`` ones with ``implementation="tf"`` (the TensorFlow ops instead of the native kernels)."""
     boxes = tf.data.Dataset.from_tensor_slices(gt).repeat(repeats)
     image = tf.zeros([*IMAGE_SIZE, 3], tf.uint8)
     with_image = boxes.map(lambda b: (image, b))
-    dense = rpn_tf.RpnTargetEncoder(IMAGE_SIZE, seed=0)
+    dense = rpn_tf.RpnTargetEncoder(IMAGE_SIZE, seed=0)  # implementation="auto": native in __call__
+    dense_native = rpn_tf.RpnTargetEncoder(IMAGE_SIZE, seed=0, implementation="native")  # native in encode too
+    dense_tf = rpn_tf.RpnTargetEncoder(IMAGE_SIZE, seed=0, implementation="tf")
     sparse = rpn_tf.RpnTargetEncoder(IMAGE_SIZE, seed=0, target_format="sparse")
     autotune = tf.data.AUTOTUNE
     return {
         "encoder": (with_image.map(dense, num_parallel_calls=autotune), 1),
-        "encode": (boxes.map(dense.encode, num_parallel_calls=autotune), 1),
+        "encoder-tf": (with_image.map(dense_tf, num_parallel_calls=autotune), 1),
+        "encode": (boxes.map(dense_native.encode, num_parallel_calls=autotune), 1),
+        "encode-tf": (boxes.map(dense_tf.encode, num_parallel_calls=autotune), 1),
         "sparse": (with_image.map(sparse, num_parallel_calls=autotune), 1),
-        "batched": (boxes.batch(BATCH).map(dense.encode, num_parallel_calls=autotune), BATCH),
+        "batched": (boxes.batch(BATCH).map(dense_native.encode, num_parallel_calls=autotune), BATCH),
+        "batched-tf": (boxes.batch(BATCH).map(dense_tf.encode, num_parallel_calls=autotune), BATCH),
     }
 
 
@@ -119,7 +129,8 @@ def main():
     rng = np.random.default_rng(0)
     print(f"tf {tf.__version__}, {os.cpu_count()} CPU cores, image {IMAGE_SIZE}, "
           f"{rpn_tf.num_anchors(IMAGE_SIZE)} anchors; images/s")
-    pairs = (("encoder", "MG+image"), ("encode", "MG"), ("sparse", "MG+image"), ("batched", "MG"))
+    pairs = (("encoder", "MG+image"), ("encoder-tf", "MG+image"), ("encode", "MG"), ("encode-tf", "MG"),
+             ("sparse", "MG+image"), ("batched", "MG"), ("batched-tf", "MG"))
     for num_boxes in args.boxes:
         gt = random_gt(rng, 100, num_boxes)
         repeats = max(args.images // len(gt), 1)

@@ -17,3 +17,15 @@ def random_boxes(rng, count, image_size=IMAGE_SIZE, min_size=16, max_size=400):
 def tiny_encoder(**kwargs):
     """32×32 image, stride 16, one 16×16 anchor per cell: anchors [0,0,16,16], [0,16,16,32], [16,0,..], [16,16,..]."""
     return rpn_tf.RpnTargetEncoder((32, 32), rpn_tf.AnchorConfig(stride=16, scales=(1,), ratios=(1.0,)), **kwargs)
+
+
+def require_native():
+    """Skips the test when no C++ compiler exists (the native ops cannot be built there); fails when one exists but
+    the native ops still do not load (a build problem the tests must catch)."""
+    import pytest
+
+    from rpn_tf.ops import native
+
+    if not native._compiler():
+        pytest.skip("no C++ compiler: the native ops cannot be built here")
+    assert native.available(), native.unavailable_reason()

@@ -17,6 +17,7 @@ BOX_FORMATS = ("yxyx", "xyxy", "xywh")
 NMS_IMPLEMENTATIONS = ("auto", "padded", "combined")
 SAMPLING_MODES = ("balanced", "none")
 TARGET_FORMATS = ("dense", "sparse")
+IMPLEMENTATIONS = ("auto", "native", "tf")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,12 @@ class TargetConfig:
       seed: ``None`` for fresh random samples on every call; an int makes the sample a deterministic function of
         ``(seed, padded GT boxes)``, so every pass over a dataset gives identical targets.
       validate: check GT boxes for NaN/Inf and inverted boxes (``InvalidArgumentError`` naming the problem).
+      implementation: how the targets are computed — ``"auto"`` (default): the native CPU kernels
+        (``rpn_tf.ops.native``, built on first use, bit-identical targets, several times faster) in the encoder's
+        ``dataset.map`` transform (``__call__``) when they can be built, the TensorFlow ops otherwise and in
+        ``encode`` / ``label_anchors`` (which also run inside models: on accelerators and under XLA, where only the
+        TensorFlow ops work); ``"native"``: the native kernels in ``__call__`` and ``encode`` (an error if they
+        cannot be built); ``"tf"``: the TensorFlow ops everywhere.
     """
 
     positive_iou: float = 0.7
@@ -62,12 +69,16 @@ class TargetConfig:
     seed: Union[int, None] = None
     validate: bool = True
     target_format: str = "dense"
+    implementation: str = "auto"
 
     def __post_init__(self):
         owner = "TargetConfig"
         if self.target_format not in TARGET_FORMATS:
             raise ValueError(f"TargetConfig.target_format must be one of {TARGET_FORMATS}, got "
                              f"{self.target_format!r}")
+        if self.implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"TargetConfig.implementation must be one of {IMPLEMENTATIONS}, got "
+                             f"{self.implementation!r}")
         if self.target_format == "sparse" and self.sampling == "none":
             raise ValueError("TargetConfig(target_format='sparse') needs sampling='balanced': with sampling='none' "
                              "every labeled anchor is a target, which is the dense format")

@@ -64,11 +64,12 @@ class RpnTargetEncoder:
         """The ``BoxCoder`` of the targets (decode predictions with the same one)."""
         return self.config.box_coder
 
-    def _batched(self, gt_boxes, image_size=None):
-        """Converts to yxyx pixels, validates, and returns ``([B, G, 4] boxes, batch axis added?)``."""
+    def _batched(self, gt_boxes, image_size=None, validate=None):
+        """Converts to yxyx pixels, validates (``validate``, default ``config.validate``), and returns
+        ``([B, G, 4] boxes, batch axis added?)``."""
         gt_boxes = to_yxyx_pixels(gt_boxes, self.config.box_format, self.config.normalized_boxes,
                                   self.image_size if image_size is None else image_size)
-        if self.config.validate:
+        if self.config.validate if validate is None else validate:
             gt_boxes = validate_gt_boxes(gt_boxes)
         if gt_boxes.shape.rank == 2:
             return gt_boxes[None], True
@@ -108,7 +109,8 @@ class RpnTargetEncoder:
           there is none; with ``target_format="sparse"`` the sampled anchors only (``RpnTargetAssigner``).
         """
         boxes, added_batch = self._batched(gt_boxes)
-        targets = self.assigner(boxes, seeds, _batched_sizes(valid_sizes), self.config.target_format)
+        targets = self.assigner(boxes, seeds, _batched_sizes(valid_sizes), self.config.target_format,
+                                native=self.config.implementation == "native")
         if added_batch:
             return {name: value[0] for name, value in targets.items()}
         return targets
@@ -138,12 +140,12 @@ class RpnTargetEncoder:
         original_size = tf.shape(image)[:2]
         image, scale, valid_size = resize_to_canvas(image, self.image_size, self.resize)
         gt_boxes, gt_classes = drop_padding_rows(gt_boxes, gt_classes)
-        boxes, added_batch = self._batched(gt_boxes, image_size=original_size)
+        boxes, added_batch = self._batched(gt_boxes, image_size=original_size, validate=False)
         if not added_batch:
             raise ValueError(f"gt_boxes of one example must be [G, 4], got shape {boxes.shape}")
         boxes = boxes[0]
-        if self.config.validate:
-            boxes = check_boxes_in_image(boxes, original_size, self.config.normalized_boxes)
+        if self.config.validate:  # validate_gt_boxes' checks and the image checks in one tf.cond
+            boxes = check_boxes_in_image(boxes, original_size, self.config.normalized_boxes, validate=True)
         gt_classes = classes_for(boxes, gt_classes)
         # Boxes crossing the border are clipped to the image, then mapped onto the canvas.
         boxes = clip_boxes(boxes, tf.cast(original_size, tf.float32)) * tf.concat([scale, scale], axis=0)
@@ -153,7 +155,8 @@ class RpnTargetEncoder:
         # sample.
         seeds = None if self.config.seed is None else content_seeds(self.config.seed, padded_boxes[None])
         targets = {name: value[0] for name, value in
-                   self.assigner(boxes[None], seeds, valid_size[None], self.config.target_format).items()}
+                   self.assigner(boxes[None], seeds, valid_size[None], self.config.target_format,
+                                 native=True).items()}
         num_ignored = tf.reduce_sum(tf.cast(~self.assigner.usable_gt(boxes[None])[0], tf.int32))
         targets.update(gt_boxes=padded_boxes, gt_classes=padded_classes, num_boxes=num_boxes, image_scale=scale,
                        valid_size=valid_size, num_ignored_boxes=num_ignored)

@@ -79,25 +79,31 @@ def drop_padding_rows(gt_boxes, gt_classes=None):
     return tf.gather(gt_boxes, keep), gt_classes
 
 
-def check_boxes_in_image(gt_boxes, image_size, normalized=False, name="gt_boxes"):
+def check_boxes_in_image(gt_boxes, image_size, normalized=False, name="gt_boxes", validate=False):
     """Asserts that no yxyx pixel box of ``[G, 4]`` lies entirely outside an image of ``image_size`` (``[2]``)
     and, unless the boxes were declared ``normalized``, that they do not look normalized (every coordinate ≤ 1.5
-    on an image of 64 px or more). Returns ``gt_boxes``."""
+    on an image of 64 px or more); with ``validate``, first ``validate_gt_boxes``'s checks too (NaN / Inf,
+    inverted boxes), all in one ``tf.cond``. Returns ``gt_boxes``."""
+    checks = []
+    if validate:
+        gt_boxes = tf.debugging.assert_all_finite(
+            gt_boxes, f"{name} contain NaN or Inf coordinates; boxes must be finite [y1, x1, y2, x2] pixels")
+        checks.append(box_ops.inverted_boxes_check(gt_boxes, name))
     size = tf.cast(image_size, tf.float32)
     height, width = size[0], size[1]
     outside = (gt_boxes[:, 0] >= height) | (gt_boxes[:, 1] >= width) | (gt_boxes[:, 2] <= 0.0) | \
         (gt_boxes[:, 3] <= 0.0)
-    checks = [tf.debugging.Assert(
+    checks.append((
         ~tf.reduce_any(outside),
-        [f"{name}: a box lies entirely outside the image (height, width) =", size, "; first such box "
-         "[y1, x1, y2, x2]:", tf.boolean_mask(gt_boxes, outside)[:1], "(check box_format and the image)"],
-        name="assert_gt_boxes_inside_image")]
+        lambda: [f"{name}: a box lies entirely outside the image (height, width) =", size, "; first such box "
+                 "[y1, x1, y2, x2]:", tf.boolean_mask(gt_boxes, outside)[:1], "(check box_format and the image)"],
+        "assert_gt_boxes_inside_image"))
     if not normalized:
         looks_normalized = (tf.shape(gt_boxes)[0] > 0) & (tf.minimum(height, width) >= 64.0) & \
             tf.reduce_all(gt_boxes <= 1.5)
-        checks.append(tf.debugging.Assert(
+        checks.append((
             ~looks_normalized,
-            [f"{name}: every coordinate is <= 1.5 on an image of (height, width) =", size,
-             "; these look like normalized boxes: pass normalized_boxes=True"], name="assert_gt_boxes_in_pixels"))
-    with tf.control_dependencies(checks):
-        return tf.identity(gt_boxes)
+            lambda: [f"{name}: every coordinate is <= 1.5 on an image of (height, width) =", size,
+                     "; these look like normalized boxes: pass normalized_boxes=True"],
+            "assert_gt_boxes_in_pixels"))
+    return box_ops.run_checks(gt_boxes, checks)

@@ -66,19 +66,29 @@ def resize_to_canvas(image, image_size, config=None):
     """
     config = as_resize_config(config)
     image = tf.convert_to_tensor(image)
+    if config.policy in ("letterbox", "stretch") and tuple(image.shape[-3:-1]) == tuple(image_size):
+        # Statically canvas-sized (e.g. resized earlier in the pipeline): nothing to resample or pad.
+        size = tf.constant(image_size, tf.int32)
+        return tf.identity(image), tf.ones([2], tf.float32), size
     original_size = tf.shape(image)[-3:-1]
     size = resized_shape(original_size, image_size, config)
     dtype = image.dtype
+    canvas_size = tf.constant(image_size, tf.int32)
 
     def resample():
         resized = tf.image.resize(image, size, method="bilinear")
         return resized if dtype.is_floating else tf.saturate_cast(tf.round(resized), dtype)
 
-    resized = tf.cond(tf.reduce_all(size == original_size), lambda: tf.identity(image), resample)
-    # Padded only when it does not fill the canvas: padding copies the whole image (for an 800² uint8 image that
-    # cost more than its target encoding).
-    canvas = tf.cond(tf.reduce_all(size == tf.constant(image_size, tf.int32)), lambda: tf.identity(resized),
-                     lambda: tf.image.pad_to_bounding_box(resized, 0, 0, image_size[0], image_size[1]))
+    def resample_and_pad():
+        resized = tf.cond(tf.reduce_all(size == original_size), lambda: tf.identity(image), resample)
+        # Padded only when it does not fill the canvas: padding copies the whole image (for an 800² uint8 image
+        # that cost more than its target encoding).
+        return tf.cond(tf.reduce_all(size == canvas_size), lambda: tf.identity(resized),
+                       lambda: tf.image.pad_to_bounding_box(resized, 0, 0, image_size[0], image_size[1]))
+
+    # One cond in the usual pass-through case (an image already at the canvas size).
+    canvas = tf.cond(tf.reduce_all(size == original_size) & tf.reduce_all(size == canvas_size),
+                     lambda: tf.identity(image), resample_and_pad)
     canvas = tf.ensure_shape(canvas, [*image.shape[:-3], *image_size, 3])
     scale = tf.cast(size, tf.float32) / tf.cast(original_size, tf.float32)
     return canvas, scale, size

@@ -3,8 +3,10 @@
 A training job whose input (decoding, tiling, target encoding) outgrows its hosts moves that work to a pool of
 tf.data workers: a *dispatcher* process and any number of *worker* processes, started anywhere (``rpn-tf
 data-service dispatcher|worker``, or ``tf.data.experimental.service.DispatchServer`` / ``WorkerServer`` in your
-own processes). The dataset's graph — the encoder is pure TensorFlow — is sent to the workers, which need TensorFlow
-only; the trainer reads the finished elements over gRPC.
+own processes). The dataset's graph is sent to the workers; the trainer reads the finished elements over gRPC. The
+encoder's ``dataset.map`` transform uses rpn-tf's native target ops (``rpn_tf.ops.native``) by default, so a worker
+must have them registered: ``start_worker`` / ``rpn-tf data-service worker`` load them; a worker process of your own
+calls ``rpn_tf.ops.native.load()`` first (or build the encoder with ``implementation="tf"``: TensorFlow ops only).
 
 Processing modes:
   ``"parallel_epochs"``   every worker produces the whole dataset (shuffle it, with a different seed per worker);
@@ -54,6 +56,9 @@ def start_dispatcher(port=0, work_dir=None):
 def start_worker(dispatcher_address, port=0, worker_address=None):
     """A ``WorkerServer`` registered with the dispatcher at ``dispatcher_address`` (``HOST:PORT`` or
     ``grpc://HOST:PORT``); ``worker_address`` is how the trainers reach it (default ``localhost:PORT``)."""
+    from rpn_tf.ops import native  # the encoder's graph may hold the native target ops: register them here
+
+    native.load()
     address = dispatcher_address.split("://", 1)[-1]
     config = tf.data.experimental.service.WorkerConfig(dispatcher_address=address, port=port,
                                                        worker_address=worker_address)

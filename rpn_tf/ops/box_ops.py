@@ -178,12 +178,38 @@ def validate_boxes(boxes, name="gt_boxes"):
     boxes (y2 < y1 or x2 < x1). Padding rows of -1 and zero-area boxes pass. Returns ``boxes``."""
     boxes = tf.debugging.assert_all_finite(
         boxes, f"{name} contain NaN or Inf coordinates; boxes must be finite [y1, x1, y2, x2] pixels")
+    return run_checks(boxes, [inverted_boxes_check(boxes, name)])
+
+
+def inverted_boxes_check(boxes, name="gt_boxes"):
+    """A ``run_checks`` check: no inverted yxyx box (y2 < y1 or x2 < x1) in ``boxes`` ``[..., 4]``."""
     inverted = (boxes[..., 2] < boxes[..., 0]) | (boxes[..., 3] < boxes[..., 1])
-    check = tf.debugging.Assert(
-        tf.logical_not(tf.reduce_any(inverted)),
-        [f"{name} contain inverted boxes (y2 < y1 or x2 < x1); boxes must be [y1, x1, y2, x2] with y1 <= y2 "
-         "and x1 <= x2 (check box_format). First inverted box:",
-         tf.boolean_mask(tf.reshape(boxes, [-1, 4]), tf.reshape(inverted, [-1]))[:1]],
-        name=f"assert_{name}_not_inverted")
-    with tf.control_dependencies([check]):
-        return tf.identity(boxes)
+    return (tf.logical_not(tf.reduce_any(inverted)),
+            lambda: [f"{name} contain inverted boxes (y2 < y1 or x2 < x1); boxes must be [y1, x1, y2, x2] with "
+                     "y1 <= y2 and x1 <= x2 (check box_format). First inverted box:",
+                     tf.boolean_mask(tf.reshape(boxes, [-1, 4]), tf.reshape(inverted, [-1]))[:1]],
+            f"assert_{name}_not_inverted")
+
+
+def run_checks(value, checks):
+    """``value`` once every check holds, else ``InvalidArgumentError`` with the first failing check's message.
+
+    ``checks``: ``(ok bool scalar, message_data: () -> list, name)`` triples. One ``tf.cond`` over all of them; the
+    message data (e.g. the first offending box, found with a ``boolean_mask``) is computed only on failure, so the
+    usual case costs a few comparisons (this runs on every element of a ``tf.data`` pipeline).
+    """
+    if not checks:
+        return value
+
+    def failed():
+        guards = []
+        for ok, message_data, name in checks:  # in order: the first failing check raises
+            with tf.control_dependencies(guards):
+                guards = [tf.debugging.Assert(ok, message_data(), name=name)]
+        with tf.control_dependencies(guards):
+            return tf.identity(value)
+
+    all_ok = checks[0][0]
+    for ok, _, _ in checks[1:]:
+        all_ok = all_ok & ok
+    return tf.cond(all_ok, lambda: tf.identity(value), failed)

@@ -6,11 +6,13 @@ The input side (formats, resizing, padding, validation) is ``rpn_tf.data.encoder
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from rpn_tf.config import TargetConfig
+from rpn_tf.ops import native as native_ops
 from rpn_tf.ops.box_coder import BoxCoder
-from rpn_tf.ops.matching import AnchorMatcher, valid_gt_mask
+from rpn_tf.ops.matching import TIE_TOLERANCE, AnchorMatcher, valid_gt_mask
 from rpn_tf.ops.sampling import content_seeds, random_seeds, sample_balanced
 
 
@@ -33,6 +35,9 @@ class RpnTargetAssigner:
         self._anchor_constants = config.box_coder.anchor_constants(anchors)
         # Unseeded sampling draws from a stateful generator: new samples on every pass over a dataset.
         self._generator = tf.random.Generator.from_non_deterministic_state() if config.seed is None else None
+        # Bottom-right corners of the inside anchors: the native op's valid-region test (allowed_border >= 0).
+        self._anchor_corners = tf.constant(np.asarray(anchors, np.float32).reshape(-1, 4)[
+            self.matcher.inside_index.numpy()][:, 2:4])
 
     def seeds(self, gt_boxes):
         """Per-image sampling seeds ``[B, 2]`` for padded ``gt_boxes`` ``[B, G, 4]`` (see ``TargetConfig.seed``)."""
@@ -52,7 +57,18 @@ class RpnTargetAssigner:
             return labels
         return sample_balanced(labels, seeds, self.config.samples_per_image, self.config.positive_fraction)
 
-    def __call__(self, gt_boxes, seeds=None, valid_sizes=None, target_format="dense"):
+    def native_module(self, required=False):
+        """The loaded native ops (``rpn_tf.ops.native``) if ``config.implementation`` allows them and they can be
+        built, else ``None``; ``required``: raise instead of returning ``None`` when the config asks for them."""
+        if self.config.implementation == "tf":
+            return None
+        module = native_ops.load()
+        if module is None and (required or self.config.implementation == "native"):
+            raise RuntimeError("TargetConfig(implementation='native') needs the native target ops, which are "
+                               f"unavailable: {native_ops.unavailable_reason()}")
+        return module
+
+    def __call__(self, gt_boxes, seeds=None, valid_sizes=None, target_format="dense", native=False):
         """Sampled targets of every anchor.
 
         Args:
@@ -60,6 +76,8 @@ class RpnTargetAssigner:
           seeds: int ``[B, 2]`` stateless seeds; default ``self.seeds(gt_boxes)``.
           valid_sizes: optional ``[B, 2]`` unpadded ``(h, w)`` per image: anchors of the padding are -1.
           target_format: ``"dense"`` or ``"sparse"`` (see below).
+          native: compute with the native CPU kernels (``native_module()``) when the config allows them and they
+            are available — identical outputs; leave ``False`` under XLA or on accelerators.
 
         Returns:
           ``"dense"``: ``rpn_labels`` int32 ``[B, A]`` in {1, 0, -1} (sampled) and ``rpn_deltas`` float32
@@ -70,6 +88,9 @@ class RpnTargetAssigner:
           targets at those indices, ~5 KB per image instead of ~450 KB.
         """
         seeds = self.seeds(gt_boxes) if seeds is None else tf.reshape(tf.cast(seeds, tf.int64), [-1, 2])
+        module = self.native_module() if native else None
+        if module is not None:
+            return self._native_targets(module, gt_boxes, seeds, valid_sizes, target_format)
         gt_boxes = _without_trailing_padding(gt_boxes)  # same targets: trailing padding rows match nothing
         labels, matched_gt_index, _ = self.matcher.match_inside(gt_boxes, self.usable_gt(gt_boxes), valid_sizes)
         sampled = self.sample(labels, seeds)  # (B, A_in)
@@ -96,6 +117,49 @@ class RpnTargetAssigner:
             matched_terms = tf.gather(table, rows, batch_dims=1)  # (B, A, 4)
         deltas = (matched_terms - anchor_terms) * scales
         return {"rpn_labels": labels_all, "rpn_deltas": deltas}
+
+    def _native_targets(self, module, gt_boxes, seeds, valid_sizes, target_format):
+        """``__call__`` with the native kernels: one op for IoU, labels and sampling, one for the dense (or sparse)
+        outputs."""
+        config, matcher = self.config, self.matcher
+        gt_boxes = tf.convert_to_tensor(gt_boxes, tf.float32)
+        balanced = config.sampling != "none"
+        sizes = tf.zeros([0, 2], tf.float32) if valid_sizes is None else \
+            tf.reshape(tf.cast(valid_sizes, tf.float32), [-1, 2])
+        sampled, matched_gt_index = module.rpn_tf_label_and_sample(
+            gt_boxes, sizes, tf.cast(seeds, tf.int64), matcher.inside_anchors, self._region_coords(valid_sizes),
+            positive_iou=config.positive_iou, negative_iou=config.negative_iou, min_gt_size=float(config.min_gt_size),
+            tie_factor=1.0 - TIE_TOLERANCE, num_samples=config.samples_per_image if balanced else 0,
+            max_positives=int(config.samples_per_image * config.positive_fraction) if balanced else 0,
+            region_border=max(matcher.allowed_border, 0.0), region_strict=matcher.allowed_border < 0)
+        static_batch = gt_boxes.shape[0]
+        sampled = tf.ensure_shape(sampled, [static_batch, matcher.num_inside])
+        matched_gt_index = tf.ensure_shape(matched_gt_index, [static_batch, matcher.num_inside])
+        gt_terms = BoxCoder.box_terms(gt_boxes)
+        anchor_terms, scales = self._anchor_constants
+        if target_format == "sparse":
+            size = config.samples_per_image
+            indices, labels, deltas = module.rpn_tf_sparse_targets(sampled, matched_gt_index, matcher.inside_index,
+                                                                   anchor_terms, scales, gt_terms, size=size)
+            return {"rpn_sample_indices": tf.ensure_shape(indices, [static_batch, size]),
+                    "rpn_sample_labels": tf.ensure_shape(labels, [static_batch, size]),
+                    "rpn_sample_deltas": tf.ensure_shape(deltas, [static_batch, size, 4])}
+        labels, deltas = module.rpn_tf_dense_targets(sampled, matched_gt_index, matcher._inverse_index, anchor_terms,
+                                                     scales, gt_terms)
+        return {"rpn_labels": tf.ensure_shape(labels, [static_batch, matcher.num_anchors]),
+                "rpn_deltas": tf.ensure_shape(deltas, [static_batch, matcher.num_anchors, 4])}
+
+    def _region_coords(self, valid_sizes):
+        """``[A_in, 2]`` per inside anchor, compared with the valid size by the native op: the anchor's bottom-right
+        corner (``allowed_border >= 0``) or its feature cell's origin (negative ``allowed_border``)."""
+        matcher = self.matcher
+        if matcher.allowed_border >= 0:
+            return self._anchor_corners
+        if matcher._inside_cell_origins is None:
+            if valid_sizes is not None:
+                raise ValueError("AnchorMatcher needs cell_origins for valid_sizes with a negative allowed_border")
+            return tf.zeros([matcher.num_inside, 2], tf.float32)
+        return matcher._inside_cell_origins
 
     def _sparse(self, sampled, matched_gt_index, gt_terms):
         if self.config.sampling == "none":

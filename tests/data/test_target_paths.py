@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import rpn_tf
+from helpers import require_native
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "golden"))
 import make_targets  # noqa: E402
@@ -16,8 +17,11 @@ import make_targets  # noqa: E402
 GOLDEN = np.load(os.path.join(os.path.dirname(__file__), "..", "golden", "targets.npz"))
 
 
-def test_dense_targets_equal_the_pinned_ones_bit_for_bit():
-    current = make_targets.outputs()
+@pytest.mark.parametrize("implementation", ["tf", "native"])
+def test_dense_targets_equal_the_pinned_ones_bit_for_bit(implementation):
+    if implementation == "native":
+        require_native()
+    current = make_targets.outputs(implementation)
     assert sorted(current) == sorted(GOLDEN.files)
     for key in GOLDEN.files:
         np.testing.assert_array_equal(current[key], GOLDEN[key], err_msg=key)

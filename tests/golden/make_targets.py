@@ -40,11 +40,12 @@ def cases():
     }
 
 
-def outputs():
-    """``{key: array}`` of the per-image path (``ds.map(encoder)``) and the batched ``encode`` path, two seeds."""
+def outputs(implementation="auto"):
+    """``{key: array}`` of the per-image path (``ds.map(encoder)``) and the batched ``encode`` path, two seeds;
+    ``implementation``: ``TargetConfig.implementation`` (``"native"``: the native kernels on both paths)."""
     result = {}
     for seed in (0, 5):
-        encoder = rpn_tf.RpnTargetEncoder(IMAGE_SIZE, ANCHORS, seed=seed)
+        encoder = rpn_tf.RpnTargetEncoder(IMAGE_SIZE, ANCHORS, seed=seed, implementation=implementation)
         padded = np.full((len(cases()), 16, 4), -1, np.float32)
         sizes = []
         for index, (name, (shape, boxes)) in enumerate(cases().items()):
