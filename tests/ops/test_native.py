@@ -199,3 +199,22 @@ print(module is not None, os.path.dirname(native.library_path()), os.listdir(nat
     assert [name for name in os.listdir(tmp_path) if name.endswith(".so")] == [os.path.basename(
         run_python("from rpn_tf.ops import native; print(native.library_path())",
                    RPN_TF_CACHE_DIR=str(tmp_path)).stdout.strip().splitlines()[-1])]
+
+
+def test_a_build_killed_midway_leaves_no_library_and_the_next_load_builds_it(tmp_path):
+    code = "from rpn_tf.ops import native; print('building', flush=True); native.build()"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "RPN_TF_CACHE_DIR": str(tmp_path)}
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=REPOSITORY, env=env, stdout=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        assert process.stdout.readline().strip() == "building"
+        import time
+
+        time.sleep(2.0)  # the compiler is running
+        os.killpg(process.pid, 9)  # the Python process and its compiler
+    finally:
+        process.wait(timeout=60)
+    assert not [name for name in os.listdir(tmp_path) if name.startswith("rpn_tf_native_")]
+    result = run_python("from rpn_tf.ops import native; print(native.load() is not None)",
+                        RPN_TF_CACHE_DIR=str(tmp_path))
+    assert result.stdout.strip().splitlines()[-1] == "True", result.stderr

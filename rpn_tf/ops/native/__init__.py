@@ -94,6 +94,7 @@ def build(path=None) -> str:
     if compiler is None:
         raise RuntimeError("no C++ compiler found (set $CXX, or install g++)")
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    _remove_stale_temporaries(os.path.dirname(path))
     # A unique temporary name in the same directory, renamed into place once complete.
     handle, temporary = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=os.path.dirname(path))
     os.close(handle)
@@ -108,6 +109,19 @@ def build(path=None) -> str:
         if os.path.exists(temporary):
             os.remove(temporary)
     return path
+
+
+def _remove_stale_temporaries(directory, age_s=3600.0):
+    """Removes ``.build-*`` files over an hour old: what builds killed part-way left (never loaded by anyone)."""
+    import time
+
+    for name in os.listdir(directory):
+        if name.startswith(".build-"):
+            try:
+                if time.time() - os.path.getmtime(os.path.join(directory, name)) > age_s:
+                    os.remove(os.path.join(directory, name))
+            except OSError:
+                pass
 
 
 @tf.autograph.experimental.do_not_convert  # it is called while a dataset function is traced: plain Python
