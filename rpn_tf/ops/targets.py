@@ -132,22 +132,17 @@ class RpnTargetAssigner:
             tie_factor=1.0 - TIE_TOLERANCE, num_samples=config.samples_per_image if balanced else 0,
             max_positives=int(config.samples_per_image * config.positive_fraction) if balanced else 0,
             region_border=max(matcher.allowed_border, 0.0), region_strict=matcher.allowed_border < 0)
-        static_batch = gt_boxes.shape[0]
-        sampled = tf.ensure_shape(sampled, [static_batch, matcher.num_inside])
-        matched_gt_index = tf.ensure_shape(matched_gt_index, [static_batch, matcher.num_inside])
+        # The ops' shape functions give static [B, A_in], [B, A] / [B, S] shapes (the anchors are constants).
         gt_terms = BoxCoder.box_terms(gt_boxes)
         anchor_terms, scales = self._anchor_constants
         if target_format == "sparse":
             size = config.samples_per_image
             indices, labels, deltas = module.rpn_tf_sparse_targets(sampled, matched_gt_index, matcher.inside_index,
                                                                    anchor_terms, scales, gt_terms, size=size)
-            return {"rpn_sample_indices": tf.ensure_shape(indices, [static_batch, size]),
-                    "rpn_sample_labels": tf.ensure_shape(labels, [static_batch, size]),
-                    "rpn_sample_deltas": tf.ensure_shape(deltas, [static_batch, size, 4])}
+            return {"rpn_sample_indices": indices, "rpn_sample_labels": labels, "rpn_sample_deltas": deltas}
         labels, deltas = module.rpn_tf_dense_targets(sampled, matched_gt_index, matcher._inverse_index, anchor_terms,
                                                      scales, gt_terms)
-        return {"rpn_labels": tf.ensure_shape(labels, [static_batch, matcher.num_anchors]),
-                "rpn_deltas": tf.ensure_shape(deltas, [static_batch, matcher.num_anchors, 4])}
+        return {"rpn_labels": labels, "rpn_deltas": deltas}
 
     def _region_coords(self, valid_sizes):
         """``[A_in, 2]`` per inside anchor, compared with the valid size by the native op: the anchor's bottom-right

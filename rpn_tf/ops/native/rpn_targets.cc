@@ -426,27 +426,40 @@ class LabelAndSampleOp : public OpKernel {
   bool region_strict_;
 };
 
+// The inputs RpnTfDenseTargets and RpnTfSparseTargets share: labels_inside and matched_inside [B, A_in] alike,
+// anchor_terms and anchor_scales [A, 4] alike, gt_terms [B, G, 4] (inputs 0, 1, 3, 4, 5).
+absl::Status CheckTargetInputs(OpKernelContext* c) {
+  const Tensor& labels = c->input(0);
+  const Tensor& terms = c->input(3);
+  const Tensor& gt_terms = c->input(5);
+  if (labels.dims() != 2 || c->input(1).shape() != labels.shape()) {
+    return absl::InvalidArgumentError("labels_inside and matched_inside must be [B, A_in] alike");
+  }
+  if (terms.dims() != 2 || terms.dim_size(1) != 4 || c->input(4).shape() != terms.shape()) {
+    return absl::InvalidArgumentError("anchor_terms and anchor_scales must be [A, 4]");
+  }
+  if (gt_terms.dims() != 3 || gt_terms.dim_size(0) != labels.dim_size(0) || gt_terms.dim_size(2) != 4) {
+    return absl::InvalidArgumentError("gt_terms must be [B, G, 4]");
+  }
+  return absl::OkStatus();
+}
+
 class DenseTargetsOp : public OpKernel {
  public:
   explicit DenseTargetsOp(OpKernelConstruction* c) : OpKernel(c) {}
 
   void Compute(OpKernelContext* c) override {
+    OP_REQUIRES_OK(c, CheckTargetInputs(c));
     const Tensor& labels_t = c->input(0);
     const Tensor& matched_t = c->input(1);
     const Tensor& inverse_t = c->input(2);
     const Tensor& terms_t = c->input(3);
     const Tensor& scales_t = c->input(4);
     const Tensor& gt_terms_t = c->input(5);
-    OP_REQUIRES(c, labels_t.dims() == 2 && matched_t.shape() == labels_t.shape(),
-                absl::InvalidArgumentError("labels_inside and matched_inside must be [B, A_in] alike"));
     const int64_t batch = labels_t.dim_size(0), num_in = labels_t.dim_size(1);
     OP_REQUIRES(c, inverse_t.dims() == 1, absl::InvalidArgumentError("inverse_index must be [A]"));
     const int64_t num_anchors = inverse_t.dim_size(0);
-    OP_REQUIRES(c, terms_t.dims() == 2 && terms_t.dim_size(0) == num_anchors && terms_t.dim_size(1) == 4 &&
-                       scales_t.shape() == terms_t.shape(),
-                absl::InvalidArgumentError("anchor_terms and anchor_scales must be [A, 4]"));
-    OP_REQUIRES(c, gt_terms_t.dims() == 3 && gt_terms_t.dim_size(0) == batch && gt_terms_t.dim_size(2) == 4,
-                absl::InvalidArgumentError("gt_terms must be [B, G, 4]"));
+    OP_REQUIRES(c, terms_t.dim_size(0) == num_anchors, absl::InvalidArgumentError("anchor_terms must be [A, 4]"));
     const int64_t num_gt = gt_terms_t.dim_size(1);
 
     Tensor* out_labels_t = nullptr;
@@ -518,22 +531,17 @@ class SparseTargetsOp : public OpKernel {
   }
 
   void Compute(OpKernelContext* c) override {
+    OP_REQUIRES_OK(c, CheckTargetInputs(c));
     const Tensor& labels_t = c->input(0);
     const Tensor& matched_t = c->input(1);
     const Tensor& inside_t = c->input(2);
     const Tensor& terms_t = c->input(3);
     const Tensor& scales_t = c->input(4);
     const Tensor& gt_terms_t = c->input(5);
-    OP_REQUIRES(c, labels_t.dims() == 2 && matched_t.shape() == labels_t.shape(),
-                absl::InvalidArgumentError("labels_inside and matched_inside must be [B, A_in] alike"));
     const int64_t batch = labels_t.dim_size(0), num_in = labels_t.dim_size(1);
     OP_REQUIRES(c, inside_t.dims() == 1 && inside_t.dim_size(0) == num_in,
                 absl::InvalidArgumentError("inside_index must be [A_in]"));
-    OP_REQUIRES(c, terms_t.dims() == 2 && terms_t.dim_size(1) == 4 && scales_t.shape() == terms_t.shape(),
-                absl::InvalidArgumentError("anchor_terms and anchor_scales must be [A, 4]"));
     const int64_t num_anchors = terms_t.dim_size(0);
-    OP_REQUIRES(c, gt_terms_t.dims() == 3 && gt_terms_t.dim_size(0) == batch && gt_terms_t.dim_size(2) == 4,
-                absl::InvalidArgumentError("gt_terms must be [B, G, 4]"));
     const int64_t num_gt = gt_terms_t.dim_size(1);
     const int32_t* labels_in = labels_t.flat<int32_t>().data();
     const int32_t* matched_in = matched_t.flat<int32_t>().data();
