@@ -4,23 +4,22 @@ Run: ``python benchmarks/bench_encoder.py [--images N] [--boxes 2 10 50]``. At 8
 (22 500), for G random GT boxes per image, in one run:
 
   ``encoder``       ``ds.map(RpnTargetEncoder(...), AUTOTUNE)`` on (uint8 800×800 image, boxes): the default path
-                    of a training pipeline (dense targets: labels ``[A]``, deltas ``[A, 4]``; the native kernels
-                    of ``rpn_tf.ops.native``, as by default)
-  ``encoder-tf``    the same with ``implementation="tf"``: the pure TensorFlow ops (bit-identical targets)
-  ``encode``        ``ds.map(encoder.encode)`` on the boxes only (dense targets, ``implementation="native"``);
-                    ``encode-tf`` with the TensorFlow ops (``encode``'s default: it also runs inside models)
+                    of a training pipeline (dense targets: labels ``[A]``, deltas ``[A, 4]``; core TensorFlow ops)
+  ``encoder-native`` the same with ``implementation="native"``: the opt-in native kernels of ``rpn_tf.ops.native``
+                    (bit-identical targets; built into the cache first if needed)
+  ``encode``        ``ds.map(encoder.encode)`` on the boxes only (dense targets, TensorFlow ops); ``encode-native``
   ``sparse``        ``ds.map(RpnTargetEncoder(..., target_format="sparse"))`` on (image, boxes): the 256 sampled
-                    anchors' indices, labels and deltas instead of dense targets
-  ``batched``       ``ds.batch(32).map(encoder.encode)``: one graph call per batch of padded GT (native;
-                    ``batched-tf`` the TensorFlow ops)
+                    anchors' indices, labels and deltas instead of dense targets; ``sparse-native``
+  ``batched``       ``ds.batch(32).map(encoder.encode)``: one graph call per batch of padded GT; ``batched-native``
   ``MG``            ``ds.map`` of Model Garden's ``RpnAnchorLabeler.label_anchors`` on the boxes (tf-models-official
                     2.20, the same anchors, thresholds and sample size; see ``benchmarks/model_garden.py``)
   ``MG+image``      the same on (image, boxes), the image passed through: the same pipeline shape as ``encoder``
   ``numpy``         the straightforward NumPy encoder of ``tests/reference.py``, one image at a time
 
 and prints images/s and the ratios like for like: ``encoder`` / ``MG+image`` (the default path of a training
-pipeline), ``encode`` / ``MG`` (boxes only), ``sparse`` / ``MG+image``, ``batched`` / ``MG``, and the ``-tf`` paths'. Each path's best of 5 passes, the
-paths taking turns (a shared 2-core machine is noisy).
+pipeline), ``encode`` / ``MG`` (boxes only), ``sparse`` / ``MG+image``, ``batched`` / ``MG``, and the ``-native``
+paths'. Each path's best of 5 passes, the paths taking turns (a shared 2-core machine is noisy). ``--no-native``
+leaves the native paths out (no compiler needed).
 Not a test: numbers depend on the machine.
 """
 
@@ -67,25 +66,24 @@ def interleaved_rates(datasets, rounds):
     return rates
 
 
-def tf_paths(gt, repeats):
-    """rpn-tf's paths; ``-tf`` ones with ``implementation="tf"`` (the TensorFlow ops instead of the native kernels)."""
+def tf_paths(gt, repeats, with_native=True):
+    """rpn-tf's paths: the default (TensorFlow ops) and, with ``with_native``, the ``-native`` ones
+    (``implementation="native"``)."""
     boxes = tf.data.Dataset.from_tensor_slices(gt).repeat(repeats)
     image = tf.zeros([*IMAGE_SIZE, 3], tf.uint8)
     with_image = boxes.map(lambda b: (image, b))
-    dense = rpn_tf.RpnTargetEncoder(IMAGE_SIZE, seed=0)  # implementation="auto": native in __call__
-    dense_native = rpn_tf.RpnTargetEncoder(IMAGE_SIZE, seed=0, implementation="native")  # native in encode too
-    dense_tf = rpn_tf.RpnTargetEncoder(IMAGE_SIZE, seed=0, implementation="tf")
-    sparse = rpn_tf.RpnTargetEncoder(IMAGE_SIZE, seed=0, target_format="sparse")
     autotune = tf.data.AUTOTUNE
-    return {
-        "encoder": (with_image.map(dense, num_parallel_calls=autotune), 1),
-        "encoder-tf": (with_image.map(dense_tf, num_parallel_calls=autotune), 1),
-        "encode": (boxes.map(dense_native.encode, num_parallel_calls=autotune), 1),
-        "encode-tf": (boxes.map(dense_tf.encode, num_parallel_calls=autotune), 1),
-        "sparse": (with_image.map(sparse, num_parallel_calls=autotune), 1),
-        "batched": (boxes.batch(BATCH).map(dense_native.encode, num_parallel_calls=autotune), BATCH),
-        "batched-tf": (boxes.batch(BATCH).map(dense_tf.encode, num_parallel_calls=autotune), BATCH),
-    }
+    paths = {}
+    for suffix, implementation in (("", "auto"), ("-native", "native"))[:2 if with_native else 1]:
+        dense = rpn_tf.RpnTargetEncoder(IMAGE_SIZE, seed=0, implementation=implementation)
+        sparse = rpn_tf.RpnTargetEncoder(IMAGE_SIZE, seed=0, target_format="sparse", implementation=implementation)
+        paths.update({
+            "encoder" + suffix: (with_image.map(dense, num_parallel_calls=autotune), 1),
+            "encode" + suffix: (boxes.map(dense.encode, num_parallel_calls=autotune), 1),
+            "sparse" + suffix: (with_image.map(sparse, num_parallel_calls=autotune), 1),
+            "batched" + suffix: (boxes.batch(BATCH).map(dense.encode, num_parallel_calls=autotune), BATCH),
+        })
+    return paths
 
 
 def model_garden_paths(anchor_module, gt, repeats):
@@ -122,19 +120,26 @@ def main():
     parser.add_argument("--rounds", type=int, default=5, help="passes per path, taking turns (default 5)")
     parser.add_argument("--numpy-images", type=int, default=50, help="images timed for NumPy (default 50)")
     parser.add_argument("--boxes", type=int, nargs="+", default=[2, 10, 50], help="GT boxes per image (G)")
+    parser.add_argument("--no-native", action="store_true", help="leave out the opt-in native kernels")
     args = parser.parse_args()
+    with_native = not args.no_native
+    if with_native:
+        from rpn_tf.ops import native
+
+        print(f"native kernels: {native.build()} ({native.status()['flags']})")
     model_garden = import_model_garden()
     if model_garden is None:
         print(f"tf-models-official is not installed: Model Garden's column is skipped ({INSTALL})")
     rng = np.random.default_rng(0)
     print(f"tf {tf.__version__}, {os.cpu_count()} CPU cores, image {IMAGE_SIZE}, "
           f"{rpn_tf.num_anchors(IMAGE_SIZE)} anchors; images/s")
-    pairs = (("encoder", "MG+image"), ("encoder-tf", "MG+image"), ("encode", "MG"), ("encode-tf", "MG"),
-             ("sparse", "MG+image"), ("batched", "MG"), ("batched-tf", "MG"))
+    pairs = [(ours + suffix, theirs) for suffix in ("", "-native")[:2 if with_native else 1]
+             for ours, theirs in (("encoder", "MG+image"), ("encode", "MG"), ("sparse", "MG+image"),
+                                  ("batched", "MG"))]
     for num_boxes in args.boxes:
         gt = random_gt(rng, 100, num_boxes)
         repeats = max(args.images // len(gt), 1)
-        datasets = tf_paths(gt, repeats)
+        datasets = tf_paths(gt, repeats, with_native)
         if model_garden is not None:  # a quarter of the images: it is slower
             datasets.update(model_garden_paths(model_garden[0], gt, max(repeats // 4, 1)))
         rates = interleaved_rates(datasets, args.rounds)

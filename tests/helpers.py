@@ -26,6 +26,6 @@ def require_native():
 
     from rpn_tf.ops import native
 
-    if not native._compiler():
+    if not native.compiler():
         pytest.skip("no C++ compiler: the native ops cannot be built here")
     assert native.available(), native.unavailable_reason()

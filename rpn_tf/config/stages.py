@@ -47,12 +47,14 @@ class TargetConfig:
       seed: ``None`` for fresh random samples on every call; an int makes the sample a deterministic function of
         ``(seed, padded GT boxes)``, so every pass over a dataset gives identical targets.
       validate: check GT boxes for NaN/Inf and inverted boxes (``InvalidArgumentError`` naming the problem).
-      implementation: how the targets are computed — ``"auto"`` (default): the native CPU kernels
-        (``rpn_tf.ops.native``, built on first use, bit-identical targets, several times faster) in the encoder's
-        ``dataset.map`` transform (``__call__``) when they can be built, the TensorFlow ops otherwise and in
-        ``encode`` / ``label_anchors`` (which also run inside models: on accelerators and under XLA, where only the
-        TensorFlow ops work); ``"native"``: the native kernels in ``__call__`` and ``encode`` (an error if they
-        cannot be built); ``"tf"``: the TensorFlow ops everywhere.
+      implementation: how the targets are computed — ``"auto"`` (default): core TensorFlow ops, unless the
+        native kernels are switched on process-wide (``rpn_tf.ops.native.enable()`` or ``RPN_TF_NATIVE=1``), then
+        those in the encoder's ``dataset.map`` transform (``__call__``); ``"native"``: the native CPU kernels
+        (``rpn_tf.ops.native``: built once per machine with the system compiler, cached, bit-identical targets,
+        several times faster on CPU-bound input hosts) in ``__call__`` and ``encode`` — a one-line
+        ``RuntimeError`` if they cannot be had; ``"tf"``: the TensorFlow ops everywhere. ``encode`` /
+        ``label_anchors`` use the TensorFlow ops unless ``"native"``: they also run inside models, on accelerators
+        and under XLA, where only the TensorFlow ops work.
     """
 
     positive_iou: float = 0.7

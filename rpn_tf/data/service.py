@@ -4,9 +4,11 @@ A training job whose input (decoding, tiling, target encoding) outgrows its host
 tf.data workers: a *dispatcher* process and any number of *worker* processes, started anywhere (``rpn-tf
 data-service dispatcher|worker``, or ``tf.data.experimental.service.DispatchServer`` / ``WorkerServer`` in your
 own processes). The dataset's graph is sent to the workers; the trainer reads the finished elements over gRPC. The
-encoder's ``dataset.map`` transform uses rpn-tf's native target ops (``rpn_tf.ops.native``) by default, so a worker
-must have them registered: ``start_worker`` / ``rpn-tf data-service worker`` load them; a worker process of your own
-calls ``rpn_tf.ops.native.load()`` first (or build the encoder with ``implementation="tf"``: TensorFlow ops only).
+encoder's graph holds core TensorFlow ops only by default, so the workers need TensorFlow only (any TensorFlow
+worker, ``tf.data.experimental.service.WorkerServer`` included). With the native target ops opted in
+(``implementation="native"`` or ``rpn_tf.ops.native.enable()``), the workers must have them registered: ``start_worker``
+/ ``rpn-tf data-service worker`` load them when the switch is on (``RPN_TF_NATIVE=1``); a worker process of your
+own calls ``rpn_tf.ops.native.load()`` first.
 
 Processing modes:
   ``"parallel_epochs"``   every worker produces the whole dataset (shuffle it, with a different seed per worker);
@@ -56,9 +58,10 @@ def start_dispatcher(port=0, work_dir=None):
 def start_worker(dispatcher_address, port=0, worker_address=None):
     """A ``WorkerServer`` registered with the dispatcher at ``dispatcher_address`` (``HOST:PORT`` or
     ``grpc://HOST:PORT``); ``worker_address`` is how the trainers reach it (default ``localhost:PORT``)."""
-    from rpn_tf.ops import native  # the encoder's graph may hold the native target ops: register them here
+    from rpn_tf.ops import native
 
-    native.load()
+    if native.enabled():  # the trainers' graphs may hold the native target ops: register them here
+        native.require()
     address = dispatcher_address.split("://", 1)[-1]
     config = tf.data.experimental.service.WorkerConfig(dispatcher_address=address, port=port,
                                                        worker_address=worker_address)

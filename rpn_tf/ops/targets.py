@@ -57,16 +57,15 @@ class RpnTargetAssigner:
             return labels
         return sample_balanced(labels, seeds, self.config.samples_per_image, self.config.positive_fraction)
 
-    def native_module(self, required=False):
-        """The loaded native ops (``rpn_tf.ops.native``) if ``config.implementation`` allows them and they can be
-        built, else ``None``; ``required``: raise instead of returning ``None`` when the config asks for them."""
-        if self.config.implementation == "tf":
+    def native_module(self):
+        """The loaded native ops (``rpn_tf.ops.native``) when ``config.implementation`` asks for them —
+        ``"native"``, or ``"auto"`` with the process-wide switch on (``rpn_tf.ops.native.enable()`` /
+        ``RPN_TF_NATIVE=1``) — else ``None`` (the default: core TensorFlow ops, no compiler looked for). When they
+        are asked for but cannot be had: a one-line ``RuntimeError`` saying why."""
+        implementation = self.config.implementation
+        if implementation == "tf" or (implementation == "auto" and not native_ops.enabled()):
             return None
-        module = native_ops.load()
-        if module is None and (required or self.config.implementation == "native"):
-            raise RuntimeError("TargetConfig(implementation='native') needs the native target ops, which are "
-                               f"unavailable: {native_ops.unavailable_reason()}")
-        return module
+        return native_ops.require()
 
     def __call__(self, gt_boxes, seeds=None, valid_sizes=None, target_format="dense", native=False):
         """Sampled targets of every anchor.
@@ -76,8 +75,8 @@ class RpnTargetAssigner:
           seeds: int ``[B, 2]`` stateless seeds; default ``self.seeds(gt_boxes)``.
           valid_sizes: optional ``[B, 2]`` unpadded ``(h, w)`` per image: anchors of the padding are -1.
           target_format: ``"dense"`` or ``"sparse"`` (see below).
-          native: compute with the native CPU kernels (``native_module()``) when the config allows them and they
-            are available — identical outputs; leave ``False`` under XLA or on accelerators.
+          native: compute with the native CPU kernels when the config asks for them (``native_module()``) —
+            identical outputs; leave ``False`` under XLA or on accelerators.
 
         Returns:
           ``"dense"``: ``rpn_labels`` int32 ``[B, A]`` in {1, 0, -1} (sampled) and ``rpn_deltas`` float32

@@ -1,4 +1,4 @@
-"""The rpn-tf command line: train, evaluate, export, predict, visualize-targets, data-service, demo.
+"""The rpn-tf command line: train, evaluate, export, predict, visualize-targets, data-service, native, demo.
 
 Models come from a preset (--preset article | fpn | deepforest; see "rpn-tf train --help"); any option given
 overrides the preset's value. Datasets (--format):
@@ -342,6 +342,20 @@ def command_data_service(args):
     return 0
 
 
+def command_native(args):
+    import_tensorflow()
+    from rpn_tf.ops import native
+
+    if args.action == "build":
+        print(f"built: {native.build(force=args.force)}")
+    elif args.action == "clean":
+        removed = native.clean(everything=args.all)
+        print(f"removed {len(removed)} cached build(s) from {native.cache_dir()}")
+    for key, value in native.status().items():
+        print(f"{key}: {', '.join(value) or 'none' if isinstance(value, list) else value}")
+    return 0
+
+
 def command_demo(args):
     from rpn_tf.tools import demo
 
@@ -445,6 +459,20 @@ def build_parser():
                               help="worker: HOST:PORT at which trainers reach it (default: localhost:PORT)")
     data_service.add_argument("--work-dir", default=None, help="dispatcher: a folder for fault-tolerant state")
     data_service.set_defaults(run=command_data_service)
+
+    native_parser = commands.add_parser(
+        "native", formatter_class=_Formatter, help="build, report or clean the optional native target-encoding "
+                                                   "kernels (an opt-in: RPN_TF_NATIVE=1)",
+        description="The native target-encoding kernels are an opt-in fast path for CPU-bound input hosts "
+                    "(implementation=\"native\", or RPN_TF_NATIVE=1 for the whole process); by default rpn-tf uses "
+                    "TensorFlow ops only. build: compile them once into the cache (for Docker images and "
+                    "clusters; a failed build is remembered, --force retries); status: what is built, where, "
+                    "with which compiler and flags; clean: remove builds of other TensorFlow versions or "
+                    "sources (--all: every build).")
+    native_parser.add_argument("action", choices=("build", "status", "clean"))
+    native_parser.add_argument("--force", action="store_true", help="build: retry a build that failed before")
+    native_parser.add_argument("--all", action="store_true", help="clean: remove every cached build")
+    native_parser.set_defaults(run=command_native)
 
     demo = commands.add_parser("demo", help="train, evaluate, export and serve on the bundled real data",
                                formatter_class=_Formatter)

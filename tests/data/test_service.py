@@ -1,4 +1,9 @@
-"""The encoder behind the tf.data service, on loopback: a dispatcher and two workers in this process."""
+"""The encoder behind the tf.data service, on loopback: a dispatcher and two workers in this process, and a worker
+process with TensorFlow only."""
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -67,3 +72,35 @@ def test_bad_service_arguments_are_named():
         service.distribute(examples(), "localhost:5000")
     with pytest.raises(ValueError, match="processing_mode"):
         service.distribute(examples(), "grpc://localhost:5000", "sometimes")
+
+
+WORKER = """
+import sys
+import tensorflow as tf
+config = tf.data.experimental.service.WorkerConfig(dispatcher_address=sys.argv[1], port=0)
+server = tf.data.experimental.service.WorkerServer(config)
+print("READY", "rpn_tf" in sys.modules, flush=True)
+server.join()
+"""
+
+
+def test_a_worker_with_tensorflow_only_serves_the_default_encoders_dataset(tmp_path):
+    """The default encoder's graph holds core TensorFlow ops only: a plain TensorFlow worker (no rpn_tf imported,
+    no native ops registered) runs it and gives the local targets."""
+    dispatcher = service.start_dispatcher()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    worker = subprocess.Popen([sys.executable, "-c", WORKER, dispatcher.target.split("://", 1)[1]], cwd=tmp_path,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert worker.stdout.readline().split() == ["READY", "False"]
+        local, _ = encoded(examples().map(encoder()))
+        remote, count = encoded(service.distribute(examples().map(encoder()), dispatcher.target,
+                                                   "distributed_epoch"))
+        assert count == NUM_EXAMPLES and sorted(remote) == sorted(local)
+        for key, [(labels, deltas)] in remote.items():
+            np.testing.assert_array_equal(labels, local[key][0][0])
+            np.testing.assert_array_equal(deltas, local[key][0][1])
+    finally:
+        worker.kill()
+        worker.wait(timeout=60)
+        dispatcher._stop()
