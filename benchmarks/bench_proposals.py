@@ -9,6 +9,9 @@ Run: ``python benchmarks/bench_proposals.py [--repeats N] [--skip-vgg]``.
 2. One ``serving_default``-style call on a 400×400 JPEG, split into preprocessing (decode + resize),
    backbone + head, and post-processing (proposals), for VGG16 at 800×800 and the small backbones, without and
    with XLA (``jit_compile`` on the network and on the proposals; the padded NMS under XLA).
+3. The exported SavedModel's signatures on the same photo (``OSBS_029`` as a ~100 KB JPEG), batch 1 and 16:
+   ``serving_default`` (encoded bytes) against ``image_tensor`` (the decoded uint8 batch) plus the JPEG decode
+   alone — the bytes signature's pre-processing share (header checks, decoding with failures named by element).
 Not a test: numbers depend on the machine.
 """
 
@@ -112,14 +115,57 @@ def bench_served_call(backbone, image_size, anchor_config, repeats, jit_compile=
           f"post-processing {post_ms:6.1f} ms ({post_ms / total:4.0%}), total {total:7.1f} ms")
 
 
+def bench_served_signatures(repeats):
+    import io
+    import tempfile
+
+    from PIL import Image
+
+    from rpn_tf.data import deepforest
+    from rpn_tf.serving import export_saved_model
+
+    photo, _ = deepforest.load_deepforest_image(deepforest.EVAL_IMAGE)
+    buffer = io.BytesIO()
+    Image.fromarray(photo).save(buffer, "JPEG", quality=92)
+    jpeg = buffer.getvalue()
+    model = rpn_tf.RPNModel((400, 400), backbone="simple_fpn", weights=None)
+    with tempfile.TemporaryDirectory() as base:
+        served = tf.saved_model.load(export_saved_model(model, base, "rpn")).signatures
+    decode = tf.function(lambda data: tf.map_fn(lambda d: tf.io.decode_jpeg(d, channels=3), data,
+                                                fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8)))
+    print(f"exported simple_fpn 400x400, OSBS_029 as a {len(jpeg) / 1000:.0f} KB JPEG")
+    for batch in (1, 16):
+        data = tf.constant([jpeg] * batch)
+        images = tf.constant(np.repeat(photo[None], batch, 0))
+        # interleaved, so that a slow spell of a shared machine hits every path alike; medians
+        times = {"bytes": [], "tensor": [], "decode": []}
+        calls = {"bytes": lambda: served["serving_default"](encoded_images=data),
+                 "tensor": lambda: served["image_tensor"](images=images), "decode": lambda: decode(data)}
+        for call in calls.values():
+            call()
+        for _ in range(repeats):
+            for name, call in calls.items():
+                start = time.perf_counter()
+                call()
+                times[name].append((time.perf_counter() - start) * 1000)
+        bytes_ms, tensor_ms, decode_ms = (float(np.median(times[name])) for name in ("bytes", "tensor", "decode"))
+        print(f"  batch {batch:>2}: serving_default (bytes) {bytes_ms:7.1f} ms, image_tensor {tensor_ms:7.1f} ms, "
+              f"JPEG decode {decode_ms:5.1f} ms; bytes / (tensor + decode) {bytes_ms / (tensor_ms + decode_ms):.2f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--skip-vgg", action="store_true", help="skip the (slow on CPU) VGG16 served call")
+    parser.add_argument("--signatures-only", action="store_true", help="only part 3: the served signatures")
     args = parser.parse_args()
     devices = [device.device_type for device in tf.config.list_logical_devices()]
     print(f"tf {tf.__version__}, {os.cpu_count()} CPU cores, devices {devices}")
+    if args.signatures_only:
+        bench_served_signatures(max(args.repeats, 20))
+        return
     bench_proposal_stage(args.repeats)
+    bench_served_signatures(max(args.repeats, 20))
     print("one served call on a 400x400 JPEG (batch 1)")
     for jit_compile in (False, True):
         bench_served_call("simple", (400, 400), rpn_tf.AnchorConfig(stride=8, scales=(2.5, 5.0, 10.0)), args.repeats,

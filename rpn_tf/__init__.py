@@ -104,7 +104,15 @@ def __dir__():
     return sorted(set(globals()) | set(__all__))
 
 
-_program = _sys.argv[0] if _sys.argv and _sys.argv[0] else ""
-if _os.path.basename(_program) != "rpn-tf" and not _program.endswith(_os.path.join("rpn_tf", "tools", "cli.py")):
+def _is_cli():
+    """Whether this process is the ``rpn-tf`` command (the script, ``cli.py`` or ``python -m rpn_tf.tools.cli``)."""
+    program = _sys.argv[0] if _sys.argv and _sys.argv[0] else ""
+    original = list(getattr(_sys, "orig_argv", []))
+    as_module = any(a == "-m" and b == "rpn_tf.tools.cli" for a, b in zip(original, original[1:]))
+    return _os.path.basename(program) == "rpn-tf" or program.endswith(_os.path.join("rpn_tf", "tools", "cli.py")) \
+        or as_module
+
+
+if not _is_cli():
     for _name in __all__:
         __getattr__(_name)

@@ -172,32 +172,102 @@ def format_waterfall(waterfall) -> str:
     return "\n".join(lines)
 
 
+_PANEL_SIZE, _PLOT_BOX = (550, 420), (75, 55, 530, 365)  # panel width × height; plot area left, top, right, bottom
+_CEILINGS = (("all anchors", (4, 4)), ("all decoded boxes", (10, 5)))  # stage, (dash, gap) in px
+_CURVES = (("by score (no NMS)", "circle", (31, 119, 180)), ("after NMS", "square", (255, 127, 14)))
+
+
+def _font(size):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def _dashed(draw, x0, x1, y, pattern, fill, width=2):
+    dash, gap = pattern
+    for x in range(int(x0), int(x1), dash + gap):
+        draw.line([(x, y), (min(x + dash, x1), y)], fill=fill, width=width)
+
+
+def _marker(draw, x, y, shape, fill, r=4):
+    (draw.ellipse if shape == "circle" else draw.rectangle)([x - r, y - r, x + r, y + r], fill=fill)
+
+
+def _waterfall_panel(image, origin, stages, threshold, top_ns, font):
+    from PIL import Image, ImageDraw
+
+    draw, (ox, oy) = ImageDraw.Draw(image), origin
+    left, top, right, bottom = (ox + _PLOT_BOX[0], oy + _PLOT_BOX[1], ox + _PLOT_BOX[2], oy + _PLOT_BOX[3])
+    low, high = np.log10(min(top_ns)), np.log10(max(top_ns))
+    pad = 0.05 * (high - low) if high > low else 0.3
+    x_of = lambda n: left + (np.log10(n) - low + pad) / (high - low + 2 * pad) * (right - left)
+    y_of = lambda r: bottom - r / 1.02 * (bottom - top)
+    for tick in np.linspace(0, 1, 6):  # y grid and labels
+        y = y_of(tick)
+        draw.line([(left, y), (right, y)], fill=(225, 225, 225))
+        draw.text((left - 6, y), f"{tick:.1f}" if tick else "0", fill="black", font=font, anchor="rm")
+    for n in top_ns:  # x grid and labels at the N values
+        draw.line([(x_of(n), top), (x_of(n), bottom)], fill=(225, 225, 225))
+        draw.text((x_of(n), bottom + 6), str(n), fill="black", font=font, anchor="mt")
+    draw.rectangle([left, top, right, bottom], outline="black")
+    draw.text(((left + right) / 2, bottom + 28), "N", fill="black", font=font, anchor="mt")
+    label = f"recall at IoU {threshold[3:]}"
+    box = draw.textbbox((0, 0), label, font=font)
+    text = Image.new("RGBA", (box[2] + 2, box[3] + 2), (255, 255, 255, 0))
+    ImageDraw.Draw(text).text((0, 0), label, fill="black", font=font)
+    text = text.rotate(90, expand=True)
+    image.paste(text, (int(ox + 12), int((top + bottom - text.height) / 2)), text)
+
+    entries, points = [], []  # legend entries; data points, to place the legend where it hides the fewest
+    for stage, pattern in _CEILINGS:
+        recall = stages[stage][threshold]
+        if recall is not None:
+            _dashed(draw, left + 1, right - 1, y_of(recall), pattern, (128, 128, 128))
+            points += [(x, y_of(recall)) for x in np.linspace(left, right, 20)]
+        entries.append((stage, lambda x, y, p=pattern: _dashed(draw, x, x + 30, y, p, (128, 128, 128))))
+    for kind, shape, colour in _CURVES:
+        xy = [(x_of(n), y_of(stages[f"top {n} {kind}"][threshold])) for n in top_ns
+              if stages[f"top {n} {kind}"][threshold] is not None]
+        if len(xy) > 1:
+            draw.line(xy, fill=colour, width=2)
+        for x, y in xy:
+            _marker(draw, x, y, shape, colour)
+        points += xy + [(x0 + (x1 - x0) * t, y0 + (y1 - y0) * t) for (x0, y0), (x1, y1) in zip(xy, xy[1:])
+                        for t in np.linspace(0, 1, 10)]
+
+        def sample(x, y, shape=shape, colour=colour):
+            draw.line([(x, y), (x + 30, y)], fill=colour, width=2)
+            _marker(draw, x + 15, y, shape, colour)
+
+        entries.append((f"top N {kind}", sample))
+    line_height = 20
+    width = 50 + max(draw.textlength(name, font=font) for name, _ in entries)
+    height = line_height * len(entries) + 8
+    corners = [(x, y) for y in (bottom - height - 8, top + 8) for x in (right - width - 8, left + 8)]
+    hidden = lambda c: sum(c[0] - 4 <= x <= c[0] + width + 4 and c[1] - 4 <= y <= c[1] + height + 4 for x, y in points)
+    lx, ly = min(corners, key=hidden)
+    draw.rectangle([lx, ly, lx + width, ly + height], fill="white", outline=(180, 180, 180))
+    for i, (name, sample) in enumerate(entries):
+        y = ly + 4 + line_height * (i + 0.5)
+        sample(lx + 8, y)
+        draw.text((lx + 46, y), name, fill="black", font=font, anchor="lm")
+
+
 def plot_waterfall(waterfall, path, title="recall waterfall"):
     """Writes a PNG: recall vs N before / after NMS, with the all-anchors and decoded-boxes ceilings."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
+    from PIL import Image, ImageDraw
 
     stages = waterfall["stages"]
     thresholds = [key for key in next(iter(stages.values())) if key.startswith("iou")]
     top_ns = sorted({int(name.split()[1]) for name in stages if name.startswith("top ")})
-    figure, axes = pyplot.subplots(1, len(thresholds), figsize=(5.5 * len(thresholds), 4.2), squeeze=False)
-    for axis, threshold in zip(axes[0], thresholds):
-        for stage, style in (("all anchors", ":"), ("all decoded boxes", "--")):
-            axis.axhline(stages[stage][threshold], linestyle=style, color="gray", label=stage)
-        for kind, marker in (("by score (no NMS)", "o"), ("after NMS", "s")):
-            axis.plot(top_ns, [stages[f"top {n} {kind}"][threshold] for n in top_ns], marker=marker,
-                      label=f"top N {kind}")
-        axis.set_xscale("log")
-        axis.set_xticks(top_ns, [str(n) for n in top_ns])
-        axis.set_ylim(0, 1.02)
-        axis.set_xlabel("N")
-        axis.set_ylabel(f"recall at IoU {threshold[3:]}")
-        axis.grid(alpha=0.3)
-        axis.legend(loc="best", fontsize=8)
-    figure.suptitle(f"{title} ({waterfall['num_gt']} GT boxes)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    pyplot.close(figure)
+    image = Image.new("RGB", (_PANEL_SIZE[0] * len(thresholds), _PANEL_SIZE[1]), "white")
+    font = _font(14)
+    for i, threshold in enumerate(thresholds):
+        _waterfall_panel(image, (i * _PANEL_SIZE[0], 0), stages, threshold, top_ns, font)
+    ImageDraw.Draw(image).text((image.width / 2, 18), f"{title} ({waterfall['num_gt']} GT boxes)", fill="black",
+                               font=_font(18), anchor="mm")
+    image.save(path, format="PNG")
     return path

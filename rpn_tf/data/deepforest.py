@@ -17,7 +17,7 @@ from typing import List, Optional
 import numpy as np
 import tensorflow as tf
 
-from rpn_tf.data.records import check_boxes, file_dataset
+from rpn_tf.data.records import SkipReport, check_boxes, check_on_error, file_dataset, verify_image_file
 from rpn_tf.data.voc import VocAnnotation, read_voc_xml
 
 DEEPFOREST_INSTALL_HINT = "pip install --no-deps deepforest==2.1.0"
@@ -53,13 +53,32 @@ def load_deepforest_image(name: str, data_dir: str | None = None):
     return np.ascontiguousarray(image), annotation
 
 
-def from_deepforest(names: Optional[List[str]] = None, num_parallel_calls=tf.data.AUTOTUNE):
-    """The deepforest images (VOC XML beside PNGs) as an element dataset (class 1 = tree)."""
+def from_deepforest(names: Optional[List[str]] = None, num_parallel_calls=tf.data.AUTOTUNE, on_error="raise",
+                    report: Optional[SkipReport] = None):
+    """The deepforest images (VOC XML beside PNGs) as an element dataset (class 1 = tree).
+
+    A missing image or annotation, malformed XML or boxes outside the image raise ``ValueError`` /
+    ``FileNotFoundError`` naming the image; with ``on_error="skip"`` the image is left out instead, named in a
+    warning and in ``report`` (a ``SkipReport`` to fill, optional)."""
+    check_on_error(on_error)
     data_dir = deepforest_data_dir()
     names = names or list(TRAIN_IMAGES)
+    report = SkipReport() if report is None else report
     records = []
     for name in names:
-        annotation = read_voc_xml(os.path.join(data_dir, name + ".xml"))
-        check_boxes(annotation.boxes, annotation.image_size, name)
-        records.append((os.path.join(data_dir, name + ".png"), annotation.boxes, [1] * len(annotation.boxes)))
+        try:
+            png = os.path.join(data_dir, name + ".png")
+            if not os.path.exists(png):
+                raise FileNotFoundError(f"deepforest image {name!r}: {png} not found")
+            annotation = read_voc_xml(os.path.join(data_dir, name + ".xml"))
+            check_boxes(annotation.boxes, annotation.image_size, name)
+            if on_error == "skip":  # corrupt pixel data is found here, named, rather than mid-epoch
+                verify_image_file(png, name)
+        except (ValueError, OSError) as error:
+            if on_error == "raise":
+                raise
+            report.skipped[name] = str(error)
+            continue
+        records.append((png, annotation.boxes, [1] * len(annotation.boxes)))
+    report.log(data_dir)
     return file_dataset(records, num_parallel_calls)

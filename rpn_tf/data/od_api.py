@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import tensorflow as tf
 
@@ -60,19 +62,70 @@ def check_tfrecord_framing(path):
     return count
 
 
-def read_od_tfrecords(pattern, num_parallel_calls=tf.data.AUTOTUNE, verify=True):
-    """Reads TF Object Detection API TFRecords (files matching ``pattern``, a glob or a list).
+VERIFY_MODES = ("pipeline", "upfront", "none")
 
-    ``verify`` (default) first walks every file's record framing (``check_tfrecord_framing``: a seek per record, no
-    data read), so a truncated file is named up front instead of failing mid-epoch with an anonymous
-    ``DataLossError``."""
+
+def _framed_records(path, size, on_error):
+    """The records of one TFRecord file, with its framing checked as they stream: the bytes of the records read
+    (16 + length each) must add up to the file's ``size`` at its end. A file that ends inside a record (its last
+    header cut: TensorFlow's reader drops that record silently) or whose data cannot be read (``DataLossError``,
+    which names no file) stops short of ``size``: ``on_error="raise"`` raises ``InvalidArgumentError`` naming the
+    file and the byte where its readable records end, ``"skip"`` prints one warning line naming them and goes on
+    (the records before that point were read). No extra read: one pass, as training reads the file anyway."""
+    records = tf.data.TFRecordDataset(path).ignore_errors()  # a read error ends the file: the byte count names it
+    end = tf.data.Dataset.from_tensors((tf.constant(b""), tf.constant(True)))
+    tagged = records.map(lambda record: (record, tf.constant(False))).concatenate(end)
+
+    def step(offset, item):
+        record, is_end = item
+        whole = tf.logical_or(tf.logical_not(is_end), tf.equal(offset, size))
+        message = ["TFRecord file", path, "is truncated or corrupt: its readable records end at byte", offset,
+                   "of", size]
+        if on_error == "raise":
+            check = tf.debugging.Assert(whole, message, name="assert_tfrecord_framing")
+        else:
+            check = tf.cond(whole, tf.no_op,
+                            lambda: tf.print("warning:", *message, "(the rest of the file is skipped)",
+                                             output_stream=sys.stderr))
+        with tf.control_dependencies([check]):
+            length = tf.cast(tf.strings.length(record), tf.int64)
+            return offset + tf.where(is_end, tf.constant(0, tf.int64), 16 + length), (record, is_end)
+
+    return (tagged.scan(tf.constant(0, tf.int64), step)
+            .filter(lambda record, is_end: tf.logical_not(is_end)).map(lambda record, is_end: record))
+
+
+def read_od_tfrecords(pattern, num_parallel_calls=tf.data.AUTOTUNE, verify="pipeline", on_error="raise"):
+    """Reads TF Object Detection API TFRecords (files matching ``pattern``, a glob or a list), in file order.
+
+    ``verify``: ``"pipeline"`` (default) checks each file's record framing as it streams (``_framed_records``: the
+    record bytes must add up to the file size; no extra read), so a truncated or unreadable file is named — by
+    default the first pass over it raises ``InvalidArgumentError`` at that point; ``"upfront"`` walks every file's
+    framing before returning (``check_tfrecord_framing``: a seek per record — on a bucket, one ranged read per
+    record); ``"none"``: TensorFlow's reader alone (a cut last header loses a record silently).
+    ``on_error="skip"``: malformed records (a missing image, mismatched boxes, boxes outside [0, 1], undecodable
+    data) and the unreadable rest of a truncated file are skipped, each with a warning naming it, instead of
+    raising."""
+    if verify is True or verify is False:  # the earlier boolean form
+        verify = "upfront" if verify else "none"
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     files = sorted(tf.io.gfile.glob(pattern)) if isinstance(pattern, str) else list(pattern)  # gs:// too
     if not files:
         raise FileNotFoundError(f"no TFRecord files match {pattern!r}")
-    if verify:
+    if verify == "upfront":
         for path in files:
             check_tfrecord_framing(path)
-    return tf.data.TFRecordDataset(files).map(parse_od_example, num_parallel_calls=num_parallel_calls)
+    if verify == "pipeline":
+        sizes = [tf.io.gfile.stat(path).length for path in files]  # one metadata request per file
+        records = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64))).interleave(
+            lambda path, size: _framed_records(path, size, on_error), cycle_length=1)
+    else:
+        records = tf.data.TFRecordDataset(files)
+    dataset = records.map(parse_od_example, num_parallel_calls=num_parallel_calls)
+    return dataset.ignore_errors(log_warning=True) if on_error == "skip" else dataset
 
 
 def _bytes_feature(values):

@@ -8,6 +8,7 @@ complete backups; the newest readable one is restored, an unreadable one is repo
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -98,6 +99,18 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         self.path, self.monitor, self.mode = str(path), monitor, mode
         self.best = None
+        if monitor is not None and os.path.exists(self._record):  # a resumed run keeps the best so far
+            try:
+                with open(self._record) as handle:
+                    record = json.load(handle)
+                if record.get("monitor") == monitor:
+                    self.best = float(record["best"])
+            except (OSError, ValueError, KeyError, TypeError):
+                self.best = None
+
+    @property
+    def _record(self):
+        return self.path + ".best.json"
 
     def on_epoch_end(self, epoch, logs=None):
         if self.monitor is not None:
@@ -108,3 +121,9 @@ class AtomicCheckpoint(keras.callbacks.Callback):
                 return
             self.best = value
         save_atomically(self.model, self.path)
+        if self.monitor is not None:
+            directory, name = os.path.split(os.path.abspath(self._record))
+            temporary = os.path.join(directory, f".tmp-{os.getpid()}-{name}")
+            with open(temporary, "w") as handle:
+                json.dump({"monitor": self.monitor, "best": float(self.best), "epoch": epoch + 1}, handle)
+            os.replace(temporary, self._record)

@@ -88,6 +88,7 @@ class DistributedTrainer:
             checkpoint_dir, f".worker-{getattr(strategy.cluster_resolver, 'task_id', 0)}-tmp")
         self._manager = tf.train.CheckpointManager(self._checkpoint, directory, max_to_keep=max_to_keep)
         self._step = tf.function(self._replica_steps)
+        self._test_step = tf.function(self._replica_test_steps)
 
     def restore(self):
         """Restores the newest checkpoint of ``checkpoint_dir`` (if any) and returns the epoch to start from."""
@@ -107,7 +108,23 @@ class DistributedTrainer:
         for _ in tf.range(steps):
             self.strategy.run(step, args=(next(iterator),))
 
-    def fit(self, dataset, epochs, steps_per_epoch=None, steps_per_call=1):
+    def _replica_test_steps(self, iterator, steps):
+        def step(data):
+            self.model.test_step(data)
+
+        for _ in tf.range(steps):
+            self.strategy.run(step, args=(next(iterator),))
+
+    def _validate(self, distributed, steps):
+        """``{"val_" + metric: value}`` over ``steps`` batches of the validation data (every worker reads all of
+        it, so that every worker computes the same figures)."""
+        for metric in self.model.metrics:
+            metric.reset_state()
+        self._test_step(iter(distributed), tf.constant(steps))
+        return {f"val_{name}": float(value) for name, value in self.model._logs().items()}
+
+    def fit(self, dataset, epochs, steps_per_epoch=None, steps_per_call=1, validation_data=None,
+            validation_steps=None, best_model_path=None, monitor=None):
         """Trains from the epoch after the last checkpoint up to ``epochs``; returns ``{metric: [per epoch]}``.
 
         Args:
@@ -116,6 +133,14 @@ class DistributedTrainer:
           epochs: the last epoch to reach.
           steps_per_epoch: steps per epoch; default: the dataset's cardinality (it must then be known and finite).
           steps_per_call: steps run per ``tf.function`` call (more: less Python overhead, coarser progress).
+          validation_data: optional batched ``(images, targets)`` dataset with ``gt_boxes``, evaluated after every
+            epoch (``val_loss``, ``val_recall@N_iou0.5``, … in the history and the progress line), as ``fit``'s
+            ``validation_data``. Every worker reads all of it (no sharding), so all compute the same figures;
+            batch it with ``drop_remainder=True`` under multi-worker strategies.
+          validation_steps: its batches (default: its cardinality).
+          best_model_path: with validation, the chief saves the whole model there (``.keras``, atomically) when
+            ``monitor`` (default ``val_recall@{model.recall_top_n}_iou0.5``) improves — as ``rpn-tf train
+            --val-data`` does with ``fit``; the best value survives a resume (``AtomicCheckpoint``).
         """
         if steps_per_epoch is None:
             steps_per_epoch = int(dataset.cardinality().numpy())
@@ -127,6 +152,21 @@ class DistributedTrainer:
         initial_epoch = self.restore()
         history = {}
         distributed = self.strategy.experimental_distribute_dataset(dataset)
+        validation, best = None, None
+        if validation_data is not None:
+            if validation_steps is None:
+                validation_steps = int(validation_data.cardinality().numpy())
+                if validation_steps < 0:
+                    raise ValueError("the validation dataset's length is unknown: pass validation_steps")
+            options = tf.data.Options()
+            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+            validation = self.strategy.experimental_distribute_dataset(validation_data.with_options(options))
+            if best_model_path and self.chief:
+                from rpn_tf.modeling.callbacks import AtomicCheckpoint
+
+                best = AtomicCheckpoint(best_model_path, monitor or
+                                        f"val_recall@{self.model.recall_top_n}_iou0.5")
+                best.set_model(self.model)
         for epoch in range(initial_epoch, epochs):
             start = time.perf_counter()
             for metric in self.model.metrics:
@@ -138,10 +178,14 @@ class DistributedTrainer:
                 self._step(iterator, tf.constant(count))
                 done += count
             logs = {name: float(value) for name, value in self.model._logs(include_recall=False).items()}
+            if validation is not None and validation_steps > 0:
+                logs.update(self._validate(validation, validation_steps))
             self.epoch.assign(epoch + 1)
             self._manager.save(checkpoint_number=epoch + 1)
             if not self.chief:  # the throw-away copy of a non-chief worker
                 tf.io.gfile.rmtree(self._manager.directory)
+            if best is not None:
+                best.on_epoch_end(epoch, logs)
             for name, value in logs.items():
                 history.setdefault(name, []).append(value)
             if self.verbose:

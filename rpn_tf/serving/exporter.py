@@ -8,6 +8,7 @@ half-written version.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -109,6 +110,23 @@ def _process_alive(pid):
     return True
 
 
+def _publish(temporary_dir, model_dir, export_dir, automatic):
+    """Renames the complete ``temporary_dir`` to ``export_dir`` (atomic on one file system; refused by the kernel
+    when a complete version folder of another export is already there) and returns where it went: with an
+    ``automatic`` version, the next free one is taken when another export got there first."""
+    while True:
+        try:
+            os.rename(temporary_dir, export_dir)
+            return export_dir
+        except OSError as error:
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not os.path.isdir(export_dir):
+                raise
+            if not automatic:
+                raise FileExistsError(f"{export_dir} was written by another export while this one ran; TF Serving "
+                                      f"versions are immutable: choose another --version") from None
+            export_dir = os.path.join(model_dir, str(next_version(model_dir)))
+
+
 def export_saved_model(model, base_dir, model_name="rpn", version=None, roi_sampler=None,
                        warmup_jpeg=None, max_pixels=DEFAULT_MAX_PIXELS) -> str:
     """Writes ``base_dir/model_name/version/`` (a SavedModel with warmup records) and returns that path.
@@ -117,7 +135,9 @@ def export_saved_model(model, base_dir, model_name="rpn", version=None, roi_samp
       model: an ``RPNModel`` (or a path accepted by ``load_model``).
       base_dir: TF Serving's model base path.
       model_name: the served model's name.
-      version: integer version ≥ 1; default: the next free one. An existing version is never overwritten.
+      version: integer version ≥ 1; default: the next free one. An existing version is never overwritten: when
+        another export into the same ``base_dir`` takes the chosen version while this one is being written, an
+        automatic version moves on to the next free number, an explicit one raises ``FileExistsError``.
       roi_sampler: the ``RoiSampler`` behind ``sample_rois`` (default: ``RoiSampler(seed=0)``).
       warmup_jpeg: JPEG bytes for the warmup requests (default: a synthetic image).
       max_pixels: encoded images above this height × width (read from the header, before decoding) are refused
@@ -129,6 +149,7 @@ def export_saved_model(model, base_dir, model_name="rpn", version=None, roi_samp
         raise ValueError(f"version must be an integer >= 1 (TF Serving's numeric versions), got {version!r}")
     model_dir = os.path.join(base_dir, model_name)
     _remove_stale_temporaries(model_dir)
+    explicit = version
     version = next_version(model_dir) if version is None else int(version)
     export_dir = os.path.join(model_dir, str(version))
     if os.path.exists(export_dir):
@@ -144,7 +165,7 @@ def export_saved_model(model, base_dir, model_name="rpn", version=None, roi_samp
             archive.add_endpoint(name, function, input_signature)
         archive.write_out(temporary_dir, verbose=False)
         write_warmup_records(temporary_dir, warmup_requests(model_name, model.image_size, warmup_jpeg))
-        os.rename(temporary_dir, export_dir)  # atomic on one file system; fails if export_dir appeared meanwhile
+        export_dir = _publish(temporary_dir, model_dir, export_dir, automatic=explicit is None)
     finally:
         shutil.rmtree(temporary_dir, ignore_errors=True)
     return export_dir

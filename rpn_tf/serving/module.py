@@ -89,26 +89,46 @@ class RpnServingModule:
     def _decode_and_infer(self, encoded, input_name):
         with tf.control_dependencies(check_encoded_images(encoded, input_name)):
             encoded = tf.identity(encoded)
-        (sizes,) = _map_naming_failures(lambda data: (header_size(data),), encoded,
-                                        f"{input_name}: elements {{}} have an unreadable image header (truncated or "
-                                        "corrupt)")
-        too_large = sizes[:, 0] * sizes[:, 1] > self.max_pixels
-        check = tf.debugging.Assert(
-            tf.logical_not(tf.reduce_any(too_large)),
-            [f"{input_name}: elements", tf.where(too_large)[:, 0], "are images of (height, width)",
-             tf.boolean_mask(sizes, too_large), f"pixels, more than the limit of {self.max_pixels} pixels "
-             "(RpnServingModule / export_saved_model max_pixels)"], name=f"assert_{input_name.replace('/', '_')}_size")
+        height, width = self.image_size
 
-        def decode(data):
-            image = tf.io.decode_image(data, channels=3, expand_animations=False)
-            canvas, scale, valid_size = resize_to_canvas(image, self.image_size, self.model.resize)
-            return canvas, scale, tf.cast(valid_size, tf.float32), tf.cast(tf.shape(image)[:2], tf.float32)
+        def read(data):
+            """Header size, then — within the pixel limit — the decoded image on the canvas (else zeros: the
+            element is refused below, by name, without decoding it)."""
+            size = header_size(data)
 
+            def decode():
+                image = tf.io.decode_image(data, channels=3, expand_animations=False)
+                canvas, scale, valid_size = resize_to_canvas(image, self.image_size, self.model.resize)
+                return (tf.ensure_shape(canvas, [height, width, 3]), scale, tf.cast(valid_size, tf.float32),
+                        tf.cast(tf.shape(image)[:2], tf.float32))
+
+            def refuse():
+                return (tf.zeros([height, width, 3], tf.uint8), tf.zeros([2]), tf.zeros([2]),
+                        tf.zeros([2]))
+
+            return (size, *tf.cond(size[0] * size[1] <= self.max_pixels, decode, refuse))
+
+        # One pipeline reads every element; only when some failed does a second one tell which failed already
+        # at the header (the error names the elements either way).
+        (sizes, *decoded), arrived = _map_catching(read, encoded)
+        failed = tf.logical_not(arrived)
+        header_failed = tf.cond(tf.reduce_any(failed),
+                                lambda: tf.logical_not(_map_catching(lambda data: (header_size(data),), encoded)[1]),
+                                lambda: tf.zeros_like(failed))
+        checks = [_assert_named(header_failed, f"{input_name}: elements", "have an unreadable image header "
+                                "(truncated or corrupt)"),
+                  _assert_named(failed & tf.logical_not(header_failed), f"{input_name}: elements",
+                                "could not be decoded (corrupt or truncated image data)")]
+        with tf.control_dependencies(checks):  # from here on every element arrived, in order
+            too_large = sizes[:, 0] * sizes[:, 1] > self.max_pixels
+            check = tf.debugging.Assert(
+                tf.logical_not(tf.reduce_any(too_large)),
+                [f"{input_name}: elements", tf.where(too_large)[:, 0], "are images of (height, width)",
+                 tf.boolean_mask(sizes, too_large), f"pixels, more than the limit of {self.max_pixels} pixels "
+                 "(RpnServingModule / export_saved_model max_pixels)"],
+                name=f"assert_{input_name.replace('/', '_')}_size")
         with tf.control_dependencies([check]):
-            decoded = _map_naming_failures(
-                decode, tf.identity(encoded),
-                f"{input_name}: elements {{}} could not be decoded (corrupt or truncated image data)")
-        return self._infer(*decoded)
+            return self._infer(*(tf.identity(t) for t in decoded))
 
     def serve_encoded_images(self, encoded_images):
         return self._decode_and_infer(encoded_images, "encoded_images")
@@ -118,11 +138,12 @@ class RpnServingModule:
 
     def serve_tf_example(self, serialized_examples):
         spec = {"image/encoded": tf.io.FixedLenFeature([], tf.string)}
-        (encoded,) = _map_naming_failures(
-            lambda serialized: (tf.io.parse_single_example(serialized, spec)["image/encoded"],),
-            serialized_examples,
-            "serialized_examples: elements {} are not tf.train.Example protos with a string 'image/encoded' feature")
-        return self._decode_and_infer(encoded, "image/encoded")
+        (encoded,), arrived = _map_catching(
+            lambda serialized: (tf.io.parse_single_example(serialized, spec)["image/encoded"],), serialized_examples)
+        check = _assert_named(tf.logical_not(arrived), "serialized_examples: elements",
+                              "are not tf.train.Example protos with a string 'image/encoded' feature")
+        with tf.control_dependencies([check]):
+            return self._decode_and_infer(tf.identity(encoded), "image/encoded")
 
     def sample_rois(self, proposals, num_proposals, gt_boxes, gt_classes):
         return self.roi_sampler(proposals, gt_boxes, gt_classes, num_proposals)
@@ -140,26 +161,46 @@ class RpnServingModule:
         }
 
 
-def _map_naming_failures(fn, values, message):
-    """``fn`` applied to each element of ``values`` (``[B]``), outputs stacked, as ``tf.map_fn`` would — but an
-    element whose ``fn`` fails raises one ``InvalidArgumentError`` that names the failing element indices
-    (``message.format(indices)``), instead of TensorFlow's error for that op, which names no element (and, for
+def _pipeline_options():
+    """A plain, cheap in-graph pipeline: no autotuning, no graph rewrites. The default optimizations rewrite the
+    dataset graph each time the served function runs it (~50 ms a call on 2 cores: 8x the tensor signature's
+    whole call); these elements need none of it."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.experimental_optimization.apply_default_optimizations = False
+    options.experimental_warm_start = False
+    options.deterministic = True
+    return options
+
+
+def _map_catching(fn, values):
+    """``fn`` applied to each element of ``values`` (``[B]``), as ``tf.map_fn`` would, but an element whose ``fn``
+    fails is left out instead of failing the call: returns ``(outputs, arrived)`` — the outputs of the elements that
+    succeeded, stacked in order, and bool ``[B]`` saying which did. Callers name the others in their error
+    (``_assert_named``) instead of TensorFlow's error for the failing op, which names no element (and, for
     ``parse_example``, quotes the raw bytes, which Python clients cannot even decode when they are not UTF-8).
 
-    The elements run through an in-graph ``tf.data`` map (parallel); failures are detected by comparing the indices
-    that came out with those that went in, so nothing is dropped silently.
+    The elements run through an in-graph ``tf.data`` map whose errors are ignored; nothing is dropped silently:
+    ``arrived`` compares the indices that came out with those that went in. The pipeline is read with
+    ``get_single_element`` (one batch of everything that arrived, plus a sentinel row so that it is never empty),
+    sequentially, without tf.data's autotuning and graph rewrites: well under a millisecond of overhead per call (a
+    parallel map read by ``reduce`` with the default options cost ~60 ms; ``benchmarks/bench_proposals.py``).
     """
-    indices = tf.range(tf.size(values, out_type=tf.int64))
-    dataset = tf.data.Dataset.from_tensor_slices((indices, values)).map(
-        lambda index, value: (index, fn(value)), num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
-    outputs = dataset.element_spec[1]
-    initial = (tf.zeros([0], tf.int64), tuple(tf.zeros([0, *spec.shape], spec.dtype) for spec in outputs))
-    # Everything that arrives comes as one batch (the reduction runs at most once: no quadratic concatenation).
-    done, stacked = dataset.batch(tf.maximum(tf.size(values, out_type=tf.int64), 1)).reduce(
-        initial, lambda state, batch: batch)
+    count = tf.size(values, out_type=tf.int64)
+    indices = tf.range(count)
+    mapped = tf.data.Dataset.from_tensor_slices((indices, values)).map(
+        lambda index, value: (index, fn(value))).ignore_errors()
+    specs = mapped.element_spec[1]
+    sentinel = tf.data.Dataset.from_tensors(
+        (tf.constant(-1, tf.int64), tuple(tf.zeros([0 if d is None else d for d in spec.shape], spec.dtype)
+                                          for spec in specs)))
+    done, stacked = mapped.concatenate(sentinel).batch(count + 1).with_options(_pipeline_options()) \
+        .get_single_element()
+    done = done[:-1]
     arrived = tf.scatter_nd(done[:, None], tf.ones_like(done, tf.bool), tf.shape(indices, tf.int64))
-    failed = tf.where(tf.logical_not(arrived))[:, 0]
-    head, tail = message.split("{}")
-    check = tf.debugging.Assert(tf.size(failed) == 0, [head.rstrip(), failed, tail.strip()])
-    with tf.control_dependencies([check]):
-        return tuple(tf.identity(t) for t in stacked)
+    return tuple(t[:-1] for t in stacked), arrived
+
+
+def _assert_named(failed, head, tail):
+    """An assertion that no element of bool ``failed`` ``[B]`` is set, naming those that are."""
+    return tf.debugging.Assert(tf.logical_not(tf.reduce_any(failed)), [head, tf.where(failed)[:, 0], tail])

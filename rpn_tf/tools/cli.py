@@ -153,7 +153,8 @@ def load_dataset(args, data=None):
     on_error = "skip" if args.skip_errors else "raise"
     report = None
     if args.format == "deepforest":
-        dataset = adapters.from_deepforest(data.split(",") if data else None)
+        report = adapters.SkipReport()
+        dataset = adapters.from_deepforest(data.split(",") if data else None, on_error=on_error, report=report)
     elif data is None:
         raise UsageError(f"--data is required for --format {args.format}")
     elif args.format in ("voc", "coco") and not os.path.exists(data):
@@ -165,7 +166,7 @@ def load_dataset(args, data=None):
             raise UsageError("--images is required for --format coco")
         dataset, report = adapters.from_coco(data, args.images, on_error=on_error)
     else:
-        dataset = adapters.read_od_tfrecords(data)
+        dataset = adapters.read_od_tfrecords(data, on_error=on_error)
     if report is not None:
         _print_report(report)
     if args.tile:
@@ -400,6 +401,9 @@ def build_parser():
     train.add_argument("--data-service", default=None, metavar="grpc://HOST:PORT",
                        help="run the input pipeline (decoding, tiling, target encoding) on tf.data service workers "
                             "(start them with rpn-tf data-service)")
+    train.add_argument("--count-dataset", action="store_true",
+                       help="count every image and box before training (decodes the dataset once); by default the "
+                            "summary reads at most 100 images unless the schedule or the strategy needs the count")
     train.add_argument("--data-service-mode", choices=("parallel_epochs", "distributed_epoch"),
                        default="distributed_epoch",
                        help="distributed_epoch: every example once per epoch; parallel_epochs: every worker "
@@ -483,15 +487,60 @@ def build_parser():
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so that every command stops the same way."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def interruption_line(args, terminated):
+    """The one line printed when a command is stopped: what was kept and how to go on."""
+    out = getattr(args, "out", None)
+    kept = {
+        "train": f"the last finished epoch is kept in {out} (backup/ or checkpoints/, and checkpoint.keras): run "
+                 "the same command again to resume from it",
+        "export": "no version folder is left half-written (versions appear whole): run the same command again",
+        "predict": f"the pictures already written are in {out}: run the same command again to redo the rest",
+        "evaluate": "nothing was written: run the same command again",
+        "demo": f"what the demo finished is in {out}: run it again to start over",
+    }.get(args.command, "nothing to resume")
+    return f"interrupted by {'SIGTERM' if terminated else 'Ctrl-C'} during {args.command}: {kept}"
+
+
 def main(argv=None):
+    import signal
+    import threading
+    import warnings
+
     args = build_parser().parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    # Keras reads an interrupted input pipeline as "ran out of data" and warns so; rpn-tf's fit never sets
+    # steps_per_epoch, so the warning can only be that misreading of Ctrl-C / SIGTERM.
+    warnings.filterwarnings("ignore", message="Your input ran out of data")
+    try:
+        return _run(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args):
     try:
         return args.run(resolve(args))
+    except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM: one line, no traceback
+        terminated = isinstance(interrupt, Terminated)
+        print(interruption_line(args, terminated), file=sys.stderr, flush=True)
+        return 143 if terminated else 130
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # noqa: BLE001 — one line for the ordinary failures; RPN_TF_DEBUG=1 for the rest
-        ordinary = (FileNotFoundError, NotADirectoryError, PermissionError, ValueError, RuntimeError)
+        ordinary = (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ValueError,
+                    RuntimeError)
         tf = sys.modules.get("tensorflow")
         if tf is not None:
             ordinary += (tf.errors.OpError,)

@@ -17,11 +17,15 @@ from rpn_tf.tools.errors import UsageError
 STEP_DECAY_AT = 0.75  # the article: 60k iterations at 0.001, then 20k at 0.0001
 
 
-def dataset_summary(dataset, report):
-    """``(images, boxes, line)``: images and boxes counted in one pass over ``dataset``, and a one-line summary
-    with what the adapter's ``report`` excluded."""
+SUMMARY_SAMPLE = 100  # elements read for the summary line unless the exact count is needed or asked for
+
+
+def dataset_summary(dataset, report, exact=False, sample=SUMMARY_SAMPLE):
+    """``(images, boxes, line)``: a one-line summary with what the adapter's ``report`` excluded. Cheap by default:
+    at most ``sample`` elements are read (decoding their images); ``images`` is exact when the dataset ended within
+    them or its cardinality is known, else ``None`` (``boxes``: those counted). ``exact`` reads every element."""
     images = boxes = 0
-    for element in dataset:
+    for element in (dataset if exact else dataset.take(sample)):
         images += 1
         boxes += int(element["boxes"].shape[0])
     excluded = []
@@ -29,8 +33,19 @@ def dataset_summary(dataset, report):
         excluded = [f"{count} {reason}" for reason, count in report.excluded_boxes.items() if count]
         if report.skipped:
             excluded.append(f"{len(report.skipped)} records skipped as malformed")
-    line = f"dataset: {images} images, {boxes} boxes" + (f" (excluded: {', '.join(excluded)})" if excluded else "")
-    return images, boxes, line
+    note = f" (excluded: {', '.join(excluded)})" if excluded else ""
+    if exact or images < sample:
+        return images, boxes, f"dataset: {images} images, {boxes} boxes{note}"
+    cardinality = int(dataset.cardinality())
+    count = cardinality if cardinality >= 0 else None
+    total = f"{count} images" if count is not None else f"more than {sample} images"
+    return count, boxes, (f"dataset: {total}, {boxes} boxes in the first {sample}{note} (--count-dataset counts "
+                          "every image and box)")
+
+
+def _count_batches(dataset):
+    cardinality = int(dataset.cardinality())
+    return cardinality if cardinality >= 0 else sum(1 for _ in dataset)
 
 
 def make_optimizer(name, learning_rate, schedule, total_steps):
@@ -51,9 +66,6 @@ def train(args):
     from rpn_tf.modeling.distributed import DistributedTrainer, is_chief, strategy_from_name
 
     loop = args.strategy in ("multi_worker", "tpu")
-    if loop and args.val_data:
-        raise UsageError(f"--val-data is not supported with --strategy {args.strategy} (evaluate the saved model "
-                         "with rpn-tf evaluate)")
     if loop and args.jit_compile:
         raise UsageError(f"--jit-compile is not supported with --strategy {args.strategy} (TPU steps are always "
                          "compiled with XLA)")
@@ -62,17 +74,29 @@ def train(args):
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16" if args.strategy == "tpu" else "mixed_float16")
     elements, report = load_dataset(args)
-    images, _, line = dataset_summary(elements, report)
+    # The number of images is needed for a decaying schedule or the TensorFlow-native loop; otherwise a bounded
+    # sample gives the summary line (on a large dataset, or one read by tf.data service workers, counting it would
+    # decode everything once more on this host).
+    needs_count = loop or args.lr_schedule != "constant"
+    if args.data_service and not (needs_count or args.count_dataset):
+        images, line = None, "dataset: read by the tf.data service workers (--count-dataset counts it here)"
+    else:
+        images, _, line = dataset_summary(elements, report, exact=args.count_dataset)
+        if images is None and needs_count:
+            print(f"{line}\ncounting the dataset for the steps per epoch ...", flush=True)
+            images, _, line = dataset_summary(elements, report, exact=True)
     print(line, flush=True)
     if images == 0:
         raise UsageError("the dataset has no images")
-    steps_per_epoch = images // args.batch_size if loop else math.ceil(images / args.batch_size)
-    if steps_per_epoch == 0:
-        raise UsageError(f"--batch-size {args.batch_size} is larger than the dataset ({images} images)")
+    steps_per_epoch = None
+    if images is not None:
+        steps_per_epoch = images // args.batch_size if loop else math.ceil(images / args.batch_size)
+        if steps_per_epoch == 0:
+            raise UsageError(f"--batch-size {args.batch_size} is larger than the dataset ({images} images)")
     with strategy.scope():
         model = build_model(args)
         optimizer = make_optimizer(args.optimizer, args.learning_rate, args.lr_schedule,
-                                   steps_per_epoch * args.epochs)
+                                   (steps_per_epoch or 0) * args.epochs)
         model.compile(optimizer=optimizer, jit_compile=args.jit_compile and not loop)
     dataset = (elements.shuffle(256, seed=0 if loop else None, reshuffle_each_iteration=True)
                .map(model.target_encoder, num_parallel_calls=tf.data.AUTOTUNE)
@@ -89,7 +113,14 @@ def train(args):
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         trainer = DistributedTrainer(model, strategy, os.path.join(args.out, "checkpoints"))
-        trainer.fit(dataset.with_options(options), args.epochs, steps_per_epoch)
+        validation = None
+        if args.val_data:  # every worker evaluates all of it; whole global batches (the last partial one is left out)
+            validation = (load_dataset(args, args.val_data)[0]
+                          .map(model.target_encoder, num_parallel_calls=tf.data.AUTOTUNE)
+                          .batch(args.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+        trainer.fit(dataset.with_options(options), args.epochs, steps_per_epoch, validation_data=validation,
+                    validation_steps=None if validation is None else _count_batches(validation),
+                    best_model_path=os.path.join(args.out, "checkpoint.keras"))
         if not is_chief(strategy):
             return 0
     else:

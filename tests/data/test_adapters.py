@@ -154,7 +154,7 @@ def test_od_tfrecord_malformed_names_record(tmp_path):
 
 
 @pytest.mark.parametrize("cut", [5, 14, -3])
-def test_truncated_tfrecord_is_named_up_front(tmp_path, cut):
+def test_truncated_tfrecord_is_named(tmp_path, cut):
     examples = [adapters.od_example(image, [[0, 0, 10, 10]], [1], filename=f"{i}.png")
                 for i, image in enumerate(make_images(3))]
     good, bad = str(tmp_path / "good.tfrecord"), str(tmp_path / "bad.tfrecord")
@@ -166,15 +166,34 @@ def test_truncated_tfrecord_is_named_up_front(tmp_path, cut):
     third = sum(16 + len(example.SerializeToString()) for example in examples[:2])  # where record 2 starts
     open(bad, "wb").write(data[:third + cut] if cut > 0 else data[:cut])
     assert len(elements(adapters.read_od_tfrecords(good))) == 3
+    # Default: checked as the records stream (no extra read), named where the readable records end.
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=rf"bad.tfrecord.*is truncated or corrupt: its readable records end at byte.*{third}"):
+        elements(adapters.read_od_tfrecords([good, bad]))
+    # Skipped with a warning: the 5 whole records, nothing silently.
+    assert len(elements(adapters.read_od_tfrecords([good, bad], on_error="skip"))) == 5
+    # Up front: a seek per record before training.
     with pytest.raises(ValueError, match=r"bad.tfrecord is truncated: record 2 at byte \d+"):
-        adapters.read_od_tfrecords([good, bad])
+        adapters.read_od_tfrecords([good, bad], verify="upfront")
     # TensorFlow alone: DataLossError naming no file or, for a cut inside a record's 12-byte header, silently
     # one record fewer.
     if 0 < cut < 12:
-        assert len(elements(adapters.read_od_tfrecords([good, bad], verify=False))) == 5
+        assert len(elements(adapters.read_od_tfrecords([good, bad], verify="none"))) == 5
     else:
         with pytest.raises(tf.errors.DataLossError):
-            elements(adapters.read_od_tfrecords([good, bad], verify=False))
+            elements(adapters.read_od_tfrecords([good, bad], verify="none"))
+
+
+def test_skip_errors_for_tfrecords_skips_malformed_records_and_keeps_the_rest(tmp_path):
+    images = make_images(3)
+    path = str(tmp_path / "mixed.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        writer.write(adapters.od_example(images[0], [[0, 0, 10, 10]], [1], filename="a.png").SerializeToString())
+        writer.write(adapters.od_example(images[1], [[0, 0, 10, 10]], [1, 2], filename="bad.png").SerializeToString())
+        writer.write(adapters.od_example(images[2], [[0, 0, 10, 10]], [1], filename="c.png").SerializeToString())
+    with pytest.raises(tf.errors.InvalidArgumentError, match="bad.png"):
+        elements(adapters.read_od_tfrecords(path))
+    assert len(elements(adapters.read_od_tfrecords(path, on_error="skip"))) == 2
 
 
 @pytest.mark.parametrize("annotation,message", [

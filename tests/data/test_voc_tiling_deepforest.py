@@ -70,3 +70,16 @@ def test_real_deepforest_file():
     assert np.all(annotation.boxes[:, 2] > annotation.boxes[:, 0])
     with pytest.raises(FileNotFoundError, match="not found"):
         deepforest.load_deepforest_image("no_such_image")
+
+
+def test_deepforest_names_a_missing_image_or_skips_it_with_a_report():
+    import pytest
+
+    from rpn_tf.data import adapters
+
+    with pytest.raises(FileNotFoundError, match="deepforest image 'NO_SUCH_IMAGE'"):
+        adapters.from_deepforest(["OSBS_029", "NO_SUCH_IMAGE"])
+    report = adapters.SkipReport()
+    dataset = adapters.from_deepforest(["OSBS_029", "NO_SUCH_IMAGE"], on_error="skip", report=report)
+    assert [element["boxes"].shape[0] for element in dataset] == [61]
+    assert list(report.skipped) == ["NO_SUCH_IMAGE"]

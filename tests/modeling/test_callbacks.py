@@ -55,7 +55,13 @@ def test_atomic_checkpoint_keeps_the_best_and_never_leaves_temporaries(tmp_path)
     checkpoint.on_epoch_end(1, {"val_score": 0.4})  # worse: not saved
     assert os.path.getmtime(tmp_path / "best.keras") == first and checkpoint.best == 0.5
     checkpoint.on_epoch_end(2, {"val_score": 0.6})
-    assert checkpoint.best == 0.6 and sorted(os.listdir(tmp_path)) == ["best.keras"]
+    assert checkpoint.best == 0.6 and sorted(os.listdir(tmp_path)) == ["best.keras", "best.keras.best.json"]
+    # A resumed run (a new callback on the same path) keeps the best so far: a worse value saves nothing.
+    resumed = AtomicCheckpoint(tmp_path / "best.keras", monitor="val_score")
+    resumed.set_model(model)
+    saved = os.path.getmtime(tmp_path / "best.keras")
+    resumed.on_epoch_end(3, {"val_score": 0.55})
+    assert resumed.best == 0.6 and os.path.getmtime(tmp_path / "best.keras") == saved
     assert isinstance(keras.models.load_model(save_atomically(model, str(tmp_path / "m.keras"))), rpn_tf.RPNModel)
 
 
@@ -79,3 +85,31 @@ def test_sigkill_during_training_then_resume(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resuming from epoch" in result.stdout and "Traceback" not in result.stderr
     assert (out / "model.keras").exists() and not backups(out)  # a finished run removes its backups
+
+
+def test_ctrl_c_or_sigterm_during_training_end_in_one_line_and_the_run_resumes(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
+    for sent, status, name in ((signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")):
+        process = subprocess.Popen([sys.executable, *TRAIN, "--out", str(out)], env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.time() + 120
+            count = len(backups(out))
+            while len(backups(out)) <= count:
+                assert process.poll() is None and time.time() < deadline, "no backup was written"
+                time.sleep(0.05)
+            process.send_signal(sent)
+            _, stderr = process.communicate(timeout=30)  # ends within seconds
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        assert process.returncode == status, stderr[-2000:]
+        assert "Traceback" not in stderr
+        lines = [line for line in stderr.splitlines() if "interrupted" in line]
+        assert lines == [f"interrupted by {name} during train: the last finished epoch is kept in {out} (backup/ or "
+                         "checkpoints/, and checkpoint.keras): run the same command again to resume from it"]
+    result = subprocess.run([sys.executable, *TRAIN, "--out", str(out)], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and "resuming from epoch" in result.stdout, result.stderr[-2000:]

@@ -112,12 +112,13 @@ def test_a_killed_pair_resumes_from_its_checkpoint(single_run, tmp_path):
 
 
 def test_rpn_tf_train_strategy_multi_worker(tmp_path):
-    """The CLI path: two `rpn-tf train --strategy multi_worker` processes; the chief alone saves the model."""
+    """The CLI path: two `rpn-tf train --strategy multi_worker --val-data` processes; the chief alone saves the
+    model and the best checkpoint by validation recall."""
     script = os.path.join(os.path.dirname(sys.executable), "rpn-tf")
     command = [script] if os.path.exists(script) else [sys.executable, "-m", "rpn_tf.tools.cli"]
     argv = [*command, "train", "--preset", "deepforest", "--data", "OSBS_029", "--tile", "200", "--tile-overlap",
             "50", "--image-size", "200", "200", "--head-channels", "8", "--epochs", "2", "--batch-size", "2",
-            "--strategy", "multi_worker", "--out", str(tmp_path / "run")]
+            "--strategy", "multi_worker", "--out", str(tmp_path / "run"), "--val-data", "OSBS_029"]
     ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     processes = []
@@ -132,5 +133,8 @@ def test_rpn_tf_train_strategy_multi_worker(tmp_path):
         stop(processes)
     chief, other = (open(tmp_path / f"log{index}").read() for index in range(2))
     assert "epoch 2/2" in chief and "saved" in chief and "epoch" not in other and "saved" not in other
+    assert "val_recall@300_iou0.5" in chief and "val_loss" in chief  # --val-data with the TensorFlow-native loop
     assert (tmp_path / "run" / "model.keras").exists()
+    assert (tmp_path / "run" / "checkpoint.keras").exists()  # the best model by validation recall, chief only
+    assert json.load(open(tmp_path / "run" / "checkpoint.keras.best.json"))["monitor"] == "val_recall@300_iou0.5"
     assert sorted(os.listdir(tmp_path / "run" / "checkpoints"))[0] == "checkpoint"

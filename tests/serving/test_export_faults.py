@@ -65,3 +65,39 @@ def test_sigkill_at_any_moment_leaves_only_complete_versions(keras_file, tmp_pat
     path = export_saved_model(keras_file, str(base), "rpn")
     assert os.path.basename(path) in complete_versions(base / "rpn")
     assert not [name for name in os.listdir(base / "rpn") if not name.isdigit()]
+
+
+def test_two_exports_started_together_into_one_base_dir_give_two_complete_versions(keras_file, tmp_path):
+    base = tmp_path / "serving"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    script = os.path.join(os.path.dirname(sys.executable), "rpn-tf")  # the installed command
+    processes = [subprocess.Popen([script, "export", keras_file, "--base-dir", str(base)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [process.communicate(timeout=300) + (process.returncode,) for process in processes]
+    assert [code for _, _, code in results] == [0, 0], results
+    assert "Traceback" not in "".join(err for _, err, _ in results)
+    assert complete_versions(base / "rpn") == ["1", "2"]
+    assert not [name for name in os.listdir(base / "rpn") if not name.isdigit()]  # no leftovers
+
+
+def test_a_version_taken_by_another_export_meanwhile(keras_file, tmp_path, monkeypatch):
+    """The race made deterministic: another export publishes the chosen version while this one writes."""
+    from rpn_tf.serving import exporter
+
+    model_dir = tmp_path / "serving" / "rpn"
+    write_warmup_records = exporter.write_warmup_records
+
+    def racing_write(directory, requests):  # the last step before publishing
+        write_warmup_records(directory, requests)
+        taken = type(tmp_path)(directory).parent / "1"
+        if not taken.exists():
+            taken.mkdir()
+            (taken / "saved_model.pb").write_bytes(b"the other export's")
+
+    monkeypatch.setattr(exporter, "write_warmup_records", racing_write)
+    path = export_saved_model(keras_file, str(tmp_path / "serving"), "rpn")
+    assert os.path.basename(path) == "2" and (model_dir / "2" / WARMUP_FILE).exists()
+    assert (model_dir / "1" / "saved_model.pb").read_bytes() == b"the other export's"  # untouched
+    with pytest.raises(FileExistsError, match="written by another export"):
+        export_saved_model(keras_file, str(tmp_path / "other"), "rpn", version=1)
+    assert sorted(os.listdir(tmp_path / "other" / "rpn")) == ["1"]  # the other's version only, no leftovers

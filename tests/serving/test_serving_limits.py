@@ -107,3 +107,30 @@ def test_fuzzed_jpegs_get_a_result_or_invalid_argument(served):
         except tf.errors.InvalidArgumentError:
             outcomes["invalid"] += 1
     assert outcomes["ok"] + outcomes["invalid"] == 300 and outcomes["ok"] > 0 and outcomes["invalid"] > 0
+
+
+def test_a_batch_mixing_header_and_data_failures_names_each_kind(served):
+    photo, _ = deepforest.load_deepforest_image(deepforest.EVAL_IMAGE)
+    good = tf.io.encode_jpeg(photo[:80, :90]).numpy()
+    header_cut = good[:good.find(b"\xff\xc0")]
+    data_cut = good[:good.find(b"\xff\xda") + 100]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"elements\] \[2\] \[have an unreadable image header"):
+        served["serving_default"](encoded_images=tf.constant([good, data_cut, header_cut]))
+
+
+def test_many_threads_on_one_loaded_saved_model_get_the_single_thread_results(served):
+    from concurrent.futures import ThreadPoolExecutor
+
+    photo, _ = deepforest.load_deepforest_image(deepforest.EVAL_IMAGE)
+    rng = np.random.default_rng(5)
+    requests = []
+    for index in range(12):
+        y, x = rng.integers(0, 300, 2)
+        crop = np.ascontiguousarray(photo[y:y + 60 + index, x:x + 70])
+        requests.append([encoded(crop, "JPEG"), encoded(crop[::-1], "PNG")][: 1 + index % 2])
+    alone = [served["serving_default"](encoded_images=tf.constant(r))["proposal_boxes"].numpy() for r in requests]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        together = list(pool.map(lambda r: served["serving_default"](encoded_images=tf.constant(r))[
+            "proposal_boxes"].numpy(), requests * 3))
+    for index, boxes in enumerate(together):
+        np.testing.assert_array_equal(boxes, alone[index % len(requests)])

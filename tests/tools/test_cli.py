@@ -153,6 +153,15 @@ def test_help_is_plain_and_quiet():
     assert not any(marker in out for marker in ("I0000", "W0000", "oneDNN", "tensorflow"))
 
 
+@pytest.mark.parametrize("command", [["-m", "rpn_tf.tools.cli"], [os.path.join("rpn_tf", "tools", "cli.py")]])
+def test_help_through_python_does_not_import_tensorflow(command):
+    result = subprocess.run([sys.executable, "-X", "importtime", *command, "--help"], capture_output=True, text=True,
+                            timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert result.returncode == 0 and "usage: rpn-tf" in result.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.count("|") == 2}
+    assert "rpn_tf" in imported and not {"tensorflow", "keras", "matplotlib"} & imported
+
+
 @pytest.mark.parametrize("argv,message", [
     (["train", "--format", "voc", "--data", "/no/such/folder"], "no such folder: /no/such/folder"),
     (["train", "--data", "x"], "--format is required"),
@@ -175,3 +184,21 @@ def test_a_keras_file_that_is_not_an_rpn_model_is_named(tmp_path):
     keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save(path)
     status, _, err = run_cli("export", path, "--base-dir", str(tmp_path / "serving"))
     assert status == 2 and "Sequential" in err and "RPNModel" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command,argv", [
+    ("command_evaluate", ["evaluate", "m.keras", "--format", "deepforest"]),
+    ("command_export", ["export", "m.keras", "--base-dir", "serving"]),
+    ("command_predict", ["predict", "m.keras", "photo.jpg"]),
+])
+@pytest.mark.parametrize("terminated", [False, True])
+def test_an_interrupted_command_ends_in_one_line_with_130_or_143(monkeypatch, capsys, command, argv, terminated):
+    def interrupted(args):
+        raise cli.Terminated() if terminated else KeyboardInterrupt()
+
+    monkeypatch.setattr(cli, command, interrupted)
+    status = cli.main(argv)
+    err = capsys.readouterr().err
+    assert status == (143 if terminated else 130)
+    assert err.count("\n") == 1 and err.startswith(f"interrupted by {'SIGTERM' if terminated else 'Ctrl-C'} "
+                                                   f"during {argv[0]}: ")
