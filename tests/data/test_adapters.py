@@ -242,3 +242,19 @@ def test_corrupt_image_data_is_named_and_skippable(tmp_path):
         adapters.from_coco(path, str(tmp_path), verify_images=True)
     dataset, report = adapters.from_coco(path, str(tmp_path), on_error="skip")  # verifies by default when skipping
     assert len(elements(dataset)) == 2 and "corrupt or truncated" in " ".join(report.skipped.values())
+
+
+def test_a_corrupt_record_inside_a_tfrecord_is_named_too(tmp_path):
+    examples = [adapters.od_example(image, [[0, 0, 10, 10]], [1], filename=f"{i}.png").SerializeToString()
+                for i, image in enumerate(make_images(3))]
+    path = str(tmp_path / "rot.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        for example in examples:
+            writer.write(example)
+    data = bytearray(open(path, "rb").read())
+    data[16 + len(examples[0]) + 12 + 30] ^= 0xFF  # a flipped bit in record 1's payload: its CRC fails
+    open(path, "wb").write(bytes(data))
+    first_end = 16 + len(examples[0])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"rot.tfrecord.*readable records end at byte\] \[{first_end}\]"):
+        elements(adapters.read_od_tfrecords(path))
+    assert len(elements(adapters.read_od_tfrecords(path, on_error="skip"))) == 1
