@@ -71,7 +71,9 @@ def _framed_records(path, size, on_error):
     header cut: TensorFlow's reader drops that record silently) or whose data cannot be read (``DataLossError``,
     which names no file) stops short of ``size``: ``on_error="raise"`` raises ``InvalidArgumentError`` naming the
     file and the byte where its readable records end, ``"skip"`` prints one warning line naming them and goes on
-    (the records before that point were read). No extra read: one pass, as training reads the file anyway."""
+    (the records before that point were read). No extra read: one pass, as training reads the file anyway. A
+    read error of the storage itself (e.g. a bucket that is unavailable) ends the file the same way and is
+    reported as such: the message gives the byte, and ``check_tfrecord_framing`` tells a real truncation apart."""
     records = tf.data.TFRecordDataset(path).ignore_errors()  # a read error ends the file: the byte count names it
     end = tf.data.Dataset.from_tensors((tf.constant(b""), tf.constant(True)))
     tagged = records.map(lambda record: (record, tf.constant(False))).concatenate(end)

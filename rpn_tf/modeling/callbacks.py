@@ -91,15 +91,18 @@ def save_atomically(model, path):
 
 class AtomicCheckpoint(keras.callbacks.Callback):
     """Saves the whole model (``.keras``) after every epoch with ``save_atomically``; with ``monitor`` (e.g.
-    ``"val_recall@300_iou0.5"``) only when that logged value improves (``mode="max"``) — the best model."""
+    ``"val_recall@300_iou0.5"``) only when that logged value improves (``mode="max"``) — the best model. The best
+    value is recorded beside it (``PATH.best.json``); ``resume=True`` (a run that resumes) starts from it, so a
+    resumed run never replaces a better model with a worse one."""
 
-    def __init__(self, path, monitor=None, mode="max"):
+    def __init__(self, path, monitor=None, mode="max", resume=False):
         super().__init__()
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         self.path, self.monitor, self.mode = str(path), monitor, mode
         self.best = None
-        if monitor is not None and os.path.exists(self._record):  # a resumed run keeps the best so far
+        # A resumed run keeps the best so far (recorded beside the model); a new run starts afresh.
+        if resume and monitor is not None and os.path.exists(self._record) and os.path.exists(self.path):
             try:
                 with open(self._record) as handle:
                     record = json.load(handle)

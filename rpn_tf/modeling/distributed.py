@@ -116,8 +116,7 @@ class DistributedTrainer:
             self.strategy.run(step, args=(next(iterator),))
 
     def _validate(self, distributed, steps):
-        """``{"val_" + metric: value}`` over ``steps`` batches of the validation data (every worker reads all of
-        it, so that every worker computes the same figures)."""
+        """``{"val_" + metric: value}`` over ``steps`` global batches of the validation data."""
         for metric in self.model.metrics:
             metric.reset_state()
         self._test_step(iter(distributed), tf.constant(steps))
@@ -135,8 +134,9 @@ class DistributedTrainer:
           steps_per_call: steps run per ``tf.function`` call (more: less Python overhead, coarser progress).
           validation_data: optional batched ``(images, targets)`` dataset with ``gt_boxes``, evaluated after every
             epoch (``val_loss``, ``val_recall@N_iou0.5``, … in the history and the progress line), as ``fit``'s
-            ``validation_data``. Every worker reads all of it (no sharding), so all compute the same figures;
-            batch it with ``drop_remainder=True`` under multi-worker strategies.
+            ``validation_data``: sharded like the training data, the metrics summed over every replica of every
+            worker. Batch it with the global batch size and ``drop_remainder=True`` under multi-worker strategies
+            (every worker runs the same number of steps).
           validation_steps: its batches (default: its cardinality).
           best_model_path: with validation, the chief saves the whole model there (``.keras``, atomically) when
             ``monitor`` (default ``val_recall@{model.recall_top_n}_iou0.5``) improves — as ``rpn-tf train
@@ -158,14 +158,16 @@ class DistributedTrainer:
                 validation_steps = int(validation_data.cardinality().numpy())
                 if validation_steps < 0:
                     raise ValueError("the validation dataset's length is unknown: pass validation_steps")
-            options = tf.data.Options()
-            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+            if validation_steps <= 0:
+                raise ValueError("the validation data holds no whole global batch: validation would be skipped")
+            options = tf.data.Options()  # sharded like the training data: the replicas' parts add up to the whole
+            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
             validation = self.strategy.experimental_distribute_dataset(validation_data.with_options(options))
             if best_model_path and self.chief:
                 from rpn_tf.modeling.callbacks import AtomicCheckpoint
 
-                best = AtomicCheckpoint(best_model_path, monitor or
-                                        f"val_recall@{self.model.recall_top_n}_iou0.5")
+                best = AtomicCheckpoint(best_model_path, monitor or f"val_recall@{self.model.recall_top_n}_iou0.5",
+                                        resume=initial_epoch > 0)
                 best.set_model(self.model)
         for epoch in range(initial_epoch, epochs):
             start = time.perf_counter()

@@ -11,7 +11,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
+import socket
 import shutil
+import time
 
 import keras
 import numpy as np
@@ -86,15 +89,32 @@ def write_warmup_records(export_dir, requests):
     return path
 
 
+STALE_AFTER_S = 6 * 3600  # a temporary folder of another host counts as abandoned after this long
+
+
+def _temporary_name(version):
+    """``.{version}.tmp-{host}-{pid}``: unique across the hosts and containers (PID 1 in many) sharing a base dir."""
+    host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:64]
+    return f".{version}{_TEMPORARY_MARK}{host}-{os.getpid()}"
+
+
 def _remove_stale_temporaries(model_dir):
-    """Deletes temporary export folders left by killed exports (their process is gone)."""
+    """Deletes temporary export folders left by killed exports: of this host when their process is gone, of other
+    hosts (whose processes cannot be checked from here) when untouched for ``STALE_AFTER_S``."""
     if not os.path.isdir(model_dir):
         return
+    host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:64]
     for name in os.listdir(model_dir):
         if not (name.startswith(".") and _TEMPORARY_MARK in name):
             continue
-        pid = name.rsplit(_TEMPORARY_MARK, 1)[1]
-        alive = pid.isdigit() and _process_alive(int(pid))
+        owner, _, pid = name.rsplit(_TEMPORARY_MARK, 1)[1].rpartition("-")
+        if owner in ("", host):
+            alive = pid.isdigit() and _process_alive(int(pid))
+        else:
+            try:
+                alive = time.time() - os.path.getmtime(os.path.join(model_dir, name)) < STALE_AFTER_S
+            except OSError:
+                continue
         if not alive:
             print(f"removing {os.path.join(model_dir, name)}, left by an interrupted export")
             shutil.rmtree(os.path.join(model_dir, name), ignore_errors=True)
@@ -154,7 +174,7 @@ def export_saved_model(model, base_dir, model_name="rpn", version=None, roi_samp
     export_dir = os.path.join(model_dir, str(version))
     if os.path.exists(export_dir):
         raise FileExistsError(f"{export_dir} exists; TF Serving versions are immutable, choose another version")
-    temporary_dir = os.path.join(model_dir, f".{version}{_TEMPORARY_MARK}{os.getpid()}")
+    temporary_dir = os.path.join(model_dir, _temporary_name(version))
     os.makedirs(model_dir, exist_ok=True)
     try:
         module = RpnServingModule(model, roi_sampler, max_pixels)

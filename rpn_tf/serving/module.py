@@ -191,9 +191,11 @@ def _map_catching(fn, values):
     mapped = tf.data.Dataset.from_tensor_slices((indices, values)).map(
         lambda index, value: (index, fn(value))).ignore_errors()
     specs = mapped.element_spec[1]
+    undefined = [spec for spec in specs if not spec.shape.is_fully_defined()]
+    if undefined:  # the sentinel row must batch with the real ones
+        raise ValueError(f"_map_catching needs outputs of static shapes, got {undefined}")
     sentinel = tf.data.Dataset.from_tensors(
-        (tf.constant(-1, tf.int64), tuple(tf.zeros([0 if d is None else d for d in spec.shape], spec.dtype)
-                                          for spec in specs)))
+        (tf.constant(-1, tf.int64), tuple(tf.zeros(spec.shape, spec.dtype) for spec in specs)))
     done, stacked = mapped.concatenate(sentinel).batch(count + 1).with_options(_pipeline_options()) \
         .get_single_element()
     done = done[:-1]

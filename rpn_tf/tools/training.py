@@ -22,10 +22,15 @@ SUMMARY_SAMPLE = 100  # elements read for the summary line unless the exact coun
 
 def dataset_summary(dataset, report, exact=False, sample=SUMMARY_SAMPLE):
     """``(images, boxes, line)``: a one-line summary with what the adapter's ``report`` excluded. Cheap by default:
-    at most ``sample`` elements are read (decoding their images); ``images`` is exact when the dataset ended within
-    them or its cardinality is known, else ``None`` (``boxes``: those counted). ``exact`` reads every element."""
+    at most ``sample`` + 1 elements are read (decoding their images); ``images`` is exact when the dataset ended
+    within them or its cardinality is known, else ``None`` (``boxes``: those of the first ``sample``). ``exact``
+    reads every element."""
     images = boxes = 0
-    for element in (dataset if exact else dataset.take(sample)):
+    more = False
+    for element in (dataset if exact else dataset.take(sample + 1)):
+        if not exact and images == sample:  # one element past the sample: there is more
+            more = True
+            break
         images += 1
         boxes += int(element["boxes"].shape[0])
     excluded = []
@@ -34,7 +39,7 @@ def dataset_summary(dataset, report, exact=False, sample=SUMMARY_SAMPLE):
         if report.skipped:
             excluded.append(f"{len(report.skipped)} records skipped as malformed")
     note = f" (excluded: {', '.join(excluded)})" if excluded else ""
-    if exact or images < sample:
+    if not more:
         return images, boxes, f"dataset: {images} images, {boxes} boxes{note}"
     cardinality = int(dataset.cardinality())
     count = cardinality if cardinality >= 0 else None
@@ -114,12 +119,15 @@ def train(args):
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         trainer = DistributedTrainer(model, strategy, os.path.join(args.out, "checkpoints"))
         validation = None
-        if args.val_data:  # every worker evaluates all of it; whole global batches (the last partial one is left out)
+        if args.val_data:  # whole global batches, sharded like the training data (a last partial batch is left out)
             validation = (load_dataset(args, args.val_data)[0]
                           .map(model.target_encoder, num_parallel_calls=tf.data.AUTOTUNE)
                           .batch(args.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+        validation_steps = None if validation is None else _count_batches(validation)
+        if validation_steps == 0:
+            raise UsageError(f"--val-data holds fewer images than one --batch-size {args.batch_size} batch")
         trainer.fit(dataset.with_options(options), args.epochs, steps_per_epoch, validation_data=validation,
-                    validation_steps=None if validation is None else _count_batches(validation),
+                    validation_steps=validation_steps,
                     best_model_path=os.path.join(args.out, "checkpoint.keras"))
         if not is_chief(strategy):
             return 0
@@ -134,7 +142,8 @@ def train(args):
                           .batch(args.batch_size).prefetch(tf.data.AUTOTUNE))
         # With validation data the checkpoint is the best model by validation recall@300 (IoU 0.5), else the last.
         monitor = f"val_recall@{model.recall_top_n}_iou0.5" if validation is not None else None
-        callbacks = [AtomicCheckpoint(os.path.join(args.out, "checkpoint.keras"), monitor=monitor),
+        callbacks = [AtomicCheckpoint(os.path.join(args.out, "checkpoint.keras"), monitor=monitor,
+                                      resume=initial_epoch > 0),
                      keras.callbacks.TensorBoard(os.path.join(args.out, "logs")), backup]
         model.fit(dataset, epochs=args.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
                   validation_data=validation, verbose=1 if sys.stdout.isatty() else 2)

@@ -346,3 +346,18 @@ def test_clean_removes_libraries_of_other_tensorflow_versions_or_sources(tmp_pat
     assert sorted(removed) == sorted(str(p) for p in (old_tf, old_source, unknown))
     assert kept.exists() and other_compiler.exists() and not old_tf.with_suffix(".json").exists()
     assert native.clean(info, everything=True) and not list(tmp_path.glob("*.so"))
+
+
+def test_a_compiler_killed_by_a_signal_is_not_remembered_as_a_failure(tmp_path):
+    script = tmp_path / "killedcc"
+    script.write_text(f"""#!/bin/sh
+if [ "$1" = "--version" ]; then echo "killedcc 1.0"; exit 0; fi
+echo build >> {tmp_path / 'calls.txt'}
+kill -9 $$
+""")
+    script.chmod(0o755)
+    cache = tmp_path / "cache"
+    for _ in range(2):  # each process tries again: out of memory or a timeout may pass
+        result = run_python(OPT_IN, CXX=str(script), RPN_TF_CACHE_DIR=str(cache))
+        assert "exit status -9" in result.stdout.strip().splitlines()[-1]
+    assert (tmp_path / "calls.txt").read_text().count("build") == 2 and not list(cache.glob("*.failed"))

@@ -239,6 +239,11 @@ def test_version_must_be_positive_and_failed_exports_leave_no_version(keras_file
     # neither a numeric folder nor a temporary one.
     stale = tmp_path / "rpn" / ".7.tmp-999999999"
     (stale / "variables").mkdir(parents=True)
+    # Another host's export (its process cannot be checked from here): kept while recent, removed when old.
+    running, abandoned = tmp_path / "rpn" / ".8.tmp-otherhost-12", tmp_path / "rpn" / ".9.tmp-otherhost-13"
+    running.mkdir()
+    abandoned.mkdir()
+    os.utime(abandoned, (0, 0))
     with pytest.raises(tf.errors.InvalidArgumentError):  # the warmup image fails after the SavedModel is written
         export_saved_model(model, str(tmp_path), "rpn", warmup_jpeg=b"not a jpeg")
-    assert sorted(os.listdir(tmp_path / "rpn")) == []
+    assert sorted(os.listdir(tmp_path / "rpn")) == [running.name]

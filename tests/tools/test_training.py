@@ -28,3 +28,7 @@ def test_a_large_dataset_is_sampled_unless_the_exact_count_is_asked_for():
         lambda element: (tf.py_function(lambda: seen.append(1) or 0, [], tf.int32), element)[1])
     dataset_summary(probe, None, sample=100)
     assert len(seen) <= 101  # a bounded read (tf.data may prefetch one more)
+
+
+def test_exactly_the_sample_size_is_counted_exactly():
+    assert dataset_summary(elements(100, unknown_size=True), None, sample=100)[:2] == (100, 200)

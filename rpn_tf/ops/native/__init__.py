@@ -24,8 +24,9 @@ flags. One build per machine: a file lock makes concurrent processes (N tf.data 
 builds. The library is written under a temporary name and renamed into place, so a killed build never leaves a file
 another process would load. A failed build is remembered in the cache (``*.failed``; the compiler's output in
 ``*.log`` and in DEBUG logging, never on the terminal): later processes do not retry and say so in one line;
-``rpn-tf native build --force`` retries. ``rpn-tf native status`` reports the state; libraries of other TensorFlow
-versions or sources are removed from the cache after a build and by ``rpn-tf native clean``.
+``rpn-tf native build --force`` retries (a timeout, a compiler killed by a signal or an OS error is not remembered:
+the next process tries again). ``rpn-tf native status`` reports the state; ``rpn-tf native clean`` removes the
+libraries of other TensorFlow versions or sources. A library built ahead into a read-only cache loads as it is.
 
 The ops have CPU kernels only and no XLA kernels; the encoder uses them only where it runs as a ``tf.data``
 transform. A tf.data service worker must load the library to run a dataset that holds them
@@ -182,8 +183,17 @@ def _file_lock(path):
     except ImportError:  # pragma: no cover
         yield
         return
-    with open(path, "a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    try:
+        handle = open(path, "a")
+    except OSError:  # a cache we cannot write a lock into: building there fails anyway, with its own message
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        except OSError:  # a file system without flock (some NFS): the atomic rename still keeps builds safe
+            yield
+            return
         try:
             yield
         finally:
@@ -229,16 +239,20 @@ def _compile(info, path):
             result = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
             output, status = (result.stdout or "") + (result.stderr or ""), f"exit status {result.returncode}"
             ok = result.returncode == 0 and os.path.getsize(temporary) > 0
+            # Remembered only when the compiler itself rejected the build (exit status > 0): a timeout, a compiler
+            # killed by a signal (e.g. out of memory) or an OS error may pass, so the next process tries again.
+            lasting = result.returncode > 0
         except (OSError, subprocess.SubprocessError) as error:
-            output, status, ok = f"{type(error).__name__}: {error}", type(error).__name__, False
+            output, status, ok, lasting = f"{type(error).__name__}: {error}", type(error).__name__, False, False
         _write_atomically(log_path, " ".join(command) + "\n\n" + output)
         if output.strip():
             logger.debug("rpn-tf native build output (%s):\n%s", status, output)
         if not ok:
             reason = f"compiling {os.path.basename(SOURCE)} with {os.path.basename(compiler_path)} failed " \
                      f"({status}; compiler output in {log_path})"
-            _write_atomically(_sidecar(path, ".failed"), json.dumps({"reason": reason, "log": log_path,
-                                                                      "time": time.time()}))
+            if lasting:
+                _write_atomically(_sidecar(path, ".failed"), json.dumps({"reason": reason, "log": log_path,
+                                                                          "time": time.time()}))
             raise NativeUnavailable(reason)
         meta = {k: v for k, v in info.items() if k != "tf_flags"}
         _write_atomically(_sidecar(path, ".json"), json.dumps({**meta, "built": time.time()}, indent=1))
@@ -254,6 +268,8 @@ def build(force=False, info=None) -> str:
     processes at once: one builds, the others wait for it."""
     info = info or settings()
     path = library_path(info)
+    if os.path.exists(path) and not force:  # built (perhaps into a read-only cache, e.g. in a Docker image)
+        return path
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     with _file_lock(_sidecar(path, ".lock")):
@@ -269,7 +285,6 @@ def build(force=False, info=None) -> str:
                 os.remove(_sidecar(path, suffix))
         logger.info("rpn-tf: building the native target-encoding ops (cached in %s)", directory)
         _compile(info, path)
-    clean(info)
     return path
 
 
@@ -300,8 +315,10 @@ def cached_builds():
 
 
 def clean(info=None, everything=False):
-    """Removes cached libraries (and their logs, markers, locks) built from another source or for another
-    TensorFlow version than this one (``everything``: all of them); returns the removed libraries' paths."""
+    """Removes cached libraries (and their metadata, logs and failure markers; lock files stay, another process may
+    hold one) built from another source or for another TensorFlow version than this one (``everything``: all of
+    them); returns the removed libraries' paths. Run by ``rpn-tf native clean``, never automatically: a cache
+    shared by environments of several TensorFlow versions keeps each one's library until asked."""
     info = info or settings()
     removed = []
     for library, meta in cached_builds():
@@ -309,7 +326,7 @@ def clean(info=None, everything=False):
         stale = meta is None or meta.get("source_sha256") != info["source_sha256"] or \
             meta.get("tensorflow") != info["tensorflow"]
         if everything or (stale and not current):
-            for suffix in (".so", ".json", ".failed", ".log", ".lock"):
+            for suffix in (".so", ".json", ".failed", ".log"):
                 with contextlib.suppress(OSError):
                     os.remove(_sidecar(library, suffix))
             removed.append(library)
