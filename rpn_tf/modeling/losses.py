@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from rpn_tf.ops.box_ops import box_area
 from rpn_tf.ops.sampling import random_seeds, sample_hard_negatives
 
 
@@ -22,6 +23,22 @@ def smooth_l1(difference, beta):
 
 OBJECTNESS_LOSSES = ("bce", "focal")
 NEGATIVE_SAMPLING = ("random", "hard")
+OBJECTNESS_TARGETS = ("binary", "iou")
+
+
+def decoded_iou(predicted_deltas, target_deltas, anchors, box_coder):
+    """IoU ``[...]`` between each anchor's predicted box and its target box (both decoded from deltas
+    ``[..., 4]`` with ``box_coder`` on ``anchors`` ``[..., 4]``), without gradient: the soft objectness target of
+    IoU-aware ranking (the score learns how well the anchor's own box fits its object)."""
+    predicted = box_coder.decode(tf.stop_gradient(tf.cast(predicted_deltas, tf.float32)), anchors)
+    target = box_coder.decode(tf.cast(target_deltas, tf.float32), anchors)
+    inter_h = tf.maximum(tf.minimum(predicted[..., 2], target[..., 2]) - tf.maximum(predicted[..., 0],
+                                                                                    target[..., 0]), 0.0)
+    inter_w = tf.maximum(tf.minimum(predicted[..., 3], target[..., 3]) - tf.maximum(predicted[..., 1],
+                                                                                    target[..., 1]), 0.0)
+    intersection = inter_h * inter_w
+    union = box_area(predicted) + box_area(target) - intersection
+    return tf.stop_gradient(tf.math.divide_no_nan(intersection, union))
 
 
 def objectness_losses(positive, logits, objectness_loss="bce", focal_gamma=2.0, focal_alpha=0.25):
@@ -39,7 +56,7 @@ def objectness_losses(positive, logits, objectness_loss="bce", focal_gamma=2.0, 
 
 
 def rpn_loss_sums(rpn_labels, rpn_deltas, objectness_logits, box_deltas, smooth_l1_beta=1.0 / 9.0,
-                  objectness_loss="bce", focal_gamma=2.0, focal_alpha=0.25):
+                  objectness_loss="bce", focal_gamma=2.0, focal_alpha=0.25, positive_targets=None):
     """Unnormalized RPN losses of a batch.
 
     Args:
@@ -48,6 +65,8 @@ def rpn_loss_sums(rpn_labels, rpn_deltas, objectness_logits, box_deltas, smooth_
       objectness_logits: ``[B, A]``; box_deltas: ``[B, A, 4]`` predictions.
       smooth_l1_beta: smooth-L1 transition point (1/9; 0 gives plain L1).
       objectness_loss, focal_gamma, focal_alpha: see ``objectness_losses``.
+      positive_targets: optional ``[B, A]`` soft objectness targets of the positives (e.g. ``decoded_iou``);
+        default 1 (the article's binary labels). Negatives' target stays 0.
 
     Returns:
       ``(objectness_sum, box_sum, num_sampled, num_correct, num_positive)``, float32 scalars: the objectness loss
@@ -58,7 +77,9 @@ def rpn_loss_sums(rpn_labels, rpn_deltas, objectness_logits, box_deltas, smooth_
     logits = tf.cast(objectness_logits, tf.float32)
     sampled = tf.cast(labels >= 0, tf.float32)
     positive = tf.cast(labels == 1, tf.float32)
-    per_anchor = objectness_losses(positive, logits, objectness_loss, focal_gamma, focal_alpha)
+    objectness_target = positive if positive_targets is None else \
+        positive * tf.cast(positive_targets, tf.float32)
+    per_anchor = objectness_losses(objectness_target, logits, objectness_loss, focal_gamma, focal_alpha)
     objectness_sum = tf.reduce_sum(per_anchor * sampled)
     box_error = smooth_l1(tf.cast(box_deltas, tf.float32) - tf.cast(rpn_deltas, tf.float32), smooth_l1_beta)
     box_sum = tf.reduce_sum(tf.reduce_sum(box_error, axis=-1) * positive)
@@ -81,13 +102,22 @@ class RpnLoss:
     gradients summed over replicas equal the single-device ones. With ``negative_sampling="hard"`` the sample is
     drawn here from every labeled anchor (``sample_hard_negatives``).
 
-    ``__call__(rpn_labels [B, A], rpn_deltas [B, A, 4], objectness_logits [B, A], box_deltas [B, A, 4])`` →
+    ``objectness_target="iou"``: the positives' objectness target is the IoU of their decoded predicted box with
+    their GT box (``decoded_iou``, passed by the model as ``positive_targets``) instead of 1 — IoU-aware ranking
+    (as IoU-Net / VarifocalNet score boxes): a shifted box of an object scores lower than a well-fitting one.
+
+    ``__call__(rpn_labels [B, A], rpn_deltas [B, A, 4], objectness_logits [B, A], box_deltas [B, A, 4],
+    positive_targets=None)`` →
     ``(loss, (objectness_sum, box_sum, num_sampled, num_correct, count))`` with ``count`` this replica's share of
     the normalizer (so that ``Σ sums / Σ count`` over replicas and steps is the logged loss).
     """
 
     def __init__(self, objectness_loss="bce", focal_gamma=2.0, focal_alpha=0.25, smooth_l1_beta=1.0 / 9.0,
-                 box_loss_weight=1.0, negative_sampling="random", samples_per_image=256, positive_fraction=0.5):
+                 box_loss_weight=1.0, negative_sampling="random", samples_per_image=256, positive_fraction=0.5,
+                 objectness_target="binary"):
+        if objectness_target not in OBJECTNESS_TARGETS:
+            raise ValueError(f"objectness_target must be one of {OBJECTNESS_TARGETS}, got {objectness_target!r}")
+        self.objectness_target = objectness_target
         if objectness_loss not in OBJECTNESS_LOSSES:
             raise ValueError(f"objectness_loss must be one of {OBJECTNESS_LOSSES}, got {objectness_loss!r}")
         if negative_sampling not in NEGATIVE_SAMPLING:
@@ -102,7 +132,7 @@ class RpnLoss:
         self._generator = tf.random.Generator.from_non_deterministic_state() if negative_sampling == "hard" \
             else None
 
-    def __call__(self, rpn_labels, rpn_deltas, objectness_logits, box_deltas):
+    def __call__(self, rpn_labels, rpn_deltas, objectness_logits, box_deltas, positive_targets=None):
         labels = rpn_labels
         if self.negative_sampling == "hard":
             seeds = random_seeds(tf.shape(labels)[0], self._generator)
@@ -110,7 +140,7 @@ class RpnLoss:
                                            self.positive_fraction)
         objectness_sum, box_sum, num_sampled, num_correct, num_positive = rpn_loss_sums(
             labels, rpn_deltas, objectness_logits, box_deltas, self.smooth_l1_beta, self.objectness_loss,
-            self.focal_gamma, self.focal_alpha)
+            self.focal_gamma, self.focal_alpha, positive_targets)
         count = num_positive if self.objectness_loss == "focal" else num_sampled
         loss = (objectness_sum + self.box_loss_weight * box_sum) / tf.maximum(global_sum(count), 1.0)
         return loss, (objectness_sum, box_sum, num_sampled, num_correct, count)

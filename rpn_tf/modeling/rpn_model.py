@@ -16,7 +16,7 @@ from rpn_tf.data.encoder import RpnTargetEncoder
 from rpn_tf.data.resize import resize_to_canvas
 from rpn_tf.modeling.backbones import ImagePreprocessing, build_backbone, check_input_size, feature_list
 from rpn_tf.modeling.head import RpnHead
-from rpn_tf.modeling.losses import RpnLoss
+from rpn_tf.modeling.losses import RpnLoss, decoded_iou
 from rpn_tf.modeling.metrics import ProposalRecall, RatioMean
 from rpn_tf.ops.anchors import anchors_per_level
 from rpn_tf.ops.box_ops import clip_boxes
@@ -72,13 +72,16 @@ class RPNModel(keras.Model):
       negative_sampling: ``"random"`` (default: the targets' sample) or ``"hard"`` (OHEM-style, in the train step:
         positives at random, negatives the highest-scored ones, ``samples_per_image`` in all; needs targets with
         ``sampling="none"``, which the model's encoder then uses).
+      objectness_target: ``"binary"`` (default: the article's 1 for positives, 0 for negatives) or ``"iou"``:
+        a positive's target is the IoU of its decoded predicted box with its GT box (no gradient through it), so
+        scores rank boxes by how well they fit (IoU-aware objectness; ``docs/recipes.md``).
     """
 
     def __init__(self, image_size=DEFAULT_IMAGE_SIZE, anchor_config=None, backbone="vgg16", backbone_stride=None,
                  weights=None, freeze_backbone_layers=0, preprocessing=None, head_channels=None,
                  box_loss_weight=1.0, smooth_l1_beta=1.0 / 9.0, target_encoder_config=None, proposal_config=None,
                  recall_top_n=300, resize=None, objectness_loss="bce", focal_gamma=2.0, focal_alpha=0.25,
-                 negative_sampling="random", **kwargs):
+                 negative_sampling="random", objectness_target="binary", **kwargs):
         super().__init__(**kwargs)
         self.image_size = validate_image_size(image_size)
         self.resize = as_resize_config(resize)
@@ -90,7 +93,8 @@ class RPNModel(keras.Model):
         if negative_sampling == "hard" and target_config.sampling != "none":
             target_config = dataclasses.replace(target_config, sampling="none")  # the loss samples itself
         self.rpn_loss = RpnLoss(objectness_loss, focal_gamma, focal_alpha, smooth_l1_beta, box_loss_weight,
-                                negative_sampling, target_config.samples_per_image, target_config.positive_fraction)
+                                negative_sampling, target_config.samples_per_image, target_config.positive_fraction,
+                                objectness_target)
         self.recall_top_n = int(recall_top_n)
         self.freeze_backbone_layers = int(freeze_backbone_layers)
 
@@ -197,6 +201,7 @@ class RPNModel(keras.Model):
 
     def _rpn_losses(self, targets, outputs):
         logits, box_deltas = outputs["objectness_logits"], outputs["box_deltas"]
+        anchors = self.anchors[None]
         if "rpn_labels" in targets:
             labels, deltas = targets["rpn_labels"], targets["rpn_deltas"]
         else:  # sparse targets: the predictions at the sampled anchors (padding entries have label -1)
@@ -204,8 +209,12 @@ class RPNModel(keras.Model):
             logits = tf.gather(logits, indices, batch_dims=1)
             box_deltas = tf.gather(box_deltas, indices, batch_dims=1)
             labels, deltas = targets["rpn_sample_labels"], targets["rpn_sample_deltas"]
+            anchors = tf.gather(self.anchors, indices)
+        positive_targets = None
+        if self.rpn_loss.objectness_target == "iou":
+            positive_targets = decoded_iou(box_deltas, deltas, anchors, self.target_encoder.box_coder)
         loss, (objectness_sum, box_sum, num_sampled, num_correct, count) = self.rpn_loss(
-            labels, deltas, logits, box_deltas)
+            labels, deltas, logits, box_deltas, positive_targets)
         self.loss_tracker.update_state(objectness_sum + self.rpn_loss.box_loss_weight * box_sum, count)
         self.objectness_loss_tracker.update_state(objectness_sum, count)
         self.box_loss_tracker.update_state(box_sum, count)
@@ -312,5 +321,6 @@ class RPNModel(keras.Model):
             target_encoder_config=config_to_dict(self.target_encoder.config),
             proposal_config=config_to_dict(self.proposal_config), recall_top_n=self.recall_top_n,
             objectness_loss=self.rpn_loss.objectness_loss, focal_gamma=self.rpn_loss.focal_gamma,
-            focal_alpha=self.rpn_loss.focal_alpha, negative_sampling=self.rpn_loss.negative_sampling)
+            focal_alpha=self.rpn_loss.focal_alpha, negative_sampling=self.rpn_loss.negative_sampling,
+            objectness_target=self.rpn_loss.objectness_target)
         return config

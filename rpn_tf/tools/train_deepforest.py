@@ -49,22 +49,62 @@ def padded(boxes_list, max_boxes=DEEPFOREST.max_boxes):
     return out
 
 
-def augment(image, boxes):
-    """Random flips (boxes follow; padding rows stay -1) and colour jitter (the evaluation site differs)."""
+def scale_jitter(image, boxes, seed, low=0.8, high=1.25):
+    """The tile scaled by a log-uniform factor in ``[low, high]``, then cropped (larger) or zero-padded (smaller) back
+    to the tile size at a random offset; boxes follow, are clipped, and become padding (-1) when less than half of
+    them stays in view (the tiling rule)."""
+    size = TILE_SIZE
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=2)
+    scale = tf.exp(tf.random.stateless_uniform([], seeds[0], np.log(low), np.log(high)))
+    scaled = tf.cast(tf.round(size * scale), tf.int32)
+    scale = tf.cast(scaled, tf.float32) / size  # the scale actually applied
+    image = tf.cast(tf.round(tf.image.resize(image, [scaled, scaled])), tf.uint8)
+    canvas = tf.maximum(scaled, size)
+    offsets = tf.random.stateless_uniform([4], seeds[1], 0.0, 1.0)
+    pad = tf.cast(offsets[:2] * tf.cast(canvas - scaled + 1, tf.float32), tf.int32)
+    crop = tf.cast(offsets[2:] * tf.cast(canvas - size + 1, tf.float32), tf.int32)
+    pad, crop = tf.minimum(pad, canvas - scaled), tf.minimum(crop, canvas - size)
+    image = tf.image.pad_to_bounding_box(image, pad[0], pad[1], canvas, canvas)
+    image = tf.ensure_shape(tf.image.crop_to_bounding_box(image, crop[0], crop[1], size, size), [size, size, 3])
+    shift = tf.cast(tf.tile(pad - crop, [2]), tf.float32)
+    valid = boxes[:, 2] > boxes[:, 0]
+    moved = boxes * scale + shift
+    clipped = tf.clip_by_value(moved, 0.0, float(size))
+
+    def area(b):
+        return tf.maximum(b[:, 2] - b[:, 0], 0.0) * tf.maximum(b[:, 3] - b[:, 1], 0.0)
+
+    keep = valid & (area(clipped) >= 0.5 * area(moved)) & (area(clipped) > 0)
+    return image, tf.where(keep[:, None], clipped, -1.0)
+
+
+def augment(image, boxes, seed, symmetries="flips", jitter=None):
+    """Random symmetries of the (square) tile — ``"flips"``: left-right and up-down (4 of the 8 symmetries of a
+    square); ``"dihedral"``: also the transpose, i.e. all 8 (the 90° rotations and reflections: aerial images have
+    no up) — with the boxes following (padding rows stay -1), and colour jitter (the evaluation site differs).
+    ``jitter``: ``(low, high)`` scale jitter (``scale_jitter``) first, or ``None``.
+    Stateless: ``seed`` (int64 ``[2]``, one per element) decides everything, so a run is reproducible."""
     size = float(TILE_SIZE)
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=6)
+    if jitter is not None:
+        image, boxes = scale_jitter(image, boxes, seeds[5], *jitter)
     colour = tf.cast(image, tf.float32) / 255.0
-    colour = tf.image.random_brightness(colour, 0.15)
-    colour = tf.image.random_contrast(colour, 0.7, 1.3)
-    colour = tf.image.random_saturation(colour, 0.7, 1.3)
-    colour = tf.image.random_hue(colour, 0.05)
+    colour = tf.image.stateless_random_brightness(colour, 0.15, seeds[0])
+    colour = tf.image.stateless_random_contrast(colour, 0.7, 1.3, seeds[1])
+    colour = tf.image.stateless_random_saturation(colour, 0.7, 1.3, seeds[2])
+    colour = tf.image.stateless_random_hue(colour, 0.05, seeds[3])
     image = tf.cast(tf.clip_by_value(colour, 0.0, 1.0) * 255.0 + 0.5, tf.uint8)
     valid = boxes[:, 2] > boxes[:, 0]
-    if tf.random.uniform([]) > 0.5:
+    choice = tf.random.stateless_uniform([], seeds[4], 0, 8 if symmetries == "dihedral" else 4, tf.int32)
+    if choice % 2 == 1:
         image = tf.image.flip_left_right(image)
         boxes = tf.stack([boxes[:, 0], size - boxes[:, 3], boxes[:, 2], size - boxes[:, 1]], axis=1)
-    if tf.random.uniform([]) > 0.5:
+    if (choice // 2) % 2 == 1:
         image = tf.image.flip_up_down(image)
         boxes = tf.stack([size - boxes[:, 2], boxes[:, 1], size - boxes[:, 0], boxes[:, 3]], axis=1)
+    if choice >= 4:  # the transpose: with the flips, the 90° rotations
+        image = tf.transpose(image, [1, 0, 2])
+        boxes = tf.stack([boxes[:, 1], boxes[:, 0], boxes[:, 3], boxes[:, 2]], axis=1)
     return image, tf.where(valid[:, None], boxes, -1.0)
 
 
@@ -81,6 +121,15 @@ RECIPES = {
 }
 # the fpn recipe with positives from IoU 0.5 (more positives per small crown)
 RECIPES["fpn_iou05"] = {**RECIPES["fpn"], "target": {"positive_iou": 0.5}}
+# the fpn recipe with all 8 symmetries of the square tile (aerial images have no up) and scale jitter 0.8–1.25×
+RECIPES["fpn_aug"] = {**RECIPES["fpn"], "symmetries": "dihedral", "jitter": (0.8, 1.25)}
+# fpn_aug with IoU-aware objectness: a positive's target is the IoU of its predicted box with its GT box
+RECIPES["fpn_aug_iou"] = {**RECIPES["fpn_aug"], "objectness_target": "iou"}
+# the fpn recipe trained on every anchor, cross-boundary ones included (detectron2's and torchvision's default,
+# not the article's): on 400 px tiles with anchors up to 256 px, the cross-boundary anchors are never trained by
+# the article's rule, yet at test time their clipped boxes are proposals like any other
+RECIPES["fpn_all"] = {**RECIPES["fpn"], "target": {"allowed_border": -1.0}}
+RECIPES["fpn_all_iou"] = {**RECIPES["fpn_all"], "objectness_target": "iou"}
 DEFAULT_RECIPE = "fpn"  # chosen by measurement on OSBS_029, see docs/recipes.md
 DEFAULT_EPOCHS = 30  # ~8 minutes of training on 2 CPU cores
 
@@ -91,10 +140,13 @@ def recipe_anchors(recipe):
 
 
 def build_model(backbone="simple", seed=0, recipe="article"):
+    """The recipe's ``RPNModel``, initialised from ``seed`` (``keras.utils.set_random_seed``: Python, NumPy and
+    TensorFlow); its target encoder samples with the same seed."""
     keras.utils.set_random_seed(seed)
     options = {"backbone": backbone, "head_channels": DEEPFOREST.head_channels,
                "anchor_config": DEEPFOREST.anchor_config, **RECIPES[recipe]}
-    target = {"max_boxes": DEEPFOREST.max_boxes, "sampling": options.pop("sampling", "balanced"),
+    options.pop("symmetries", None), options.pop("jitter", None)
+    target = {"max_boxes": DEEPFOREST.max_boxes, "sampling": options.pop("sampling", "balanced"), "seed": seed,
               **options.pop("target", {})}
     return rpn_tf.RPNModel(DEEPFOREST.image_size, target_encoder_config=target, **options)
 
@@ -108,21 +160,30 @@ def evaluate_recall(model):
     return rpn_evaluation.evaluate_recall(model, evaluation_data(), (300,))
 
 
+def training_dataset(images, boxes, encoder, batch_size, seed=0, symmetries="flips", jitter=None):
+    """Shuffled (``seed``), augmented (per-element stateless seeds drawn from ``seed``), encoded batches: the same
+    ``seed`` gives the same data order, augmentation and targets."""
+    tiles = tf.data.Dataset.from_tensor_slices((images, padded(boxes))).shuffle(
+        len(images), seed=seed, reshuffle_each_iteration=True)
+    element_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    return (tf.data.Dataset.zip(tiles, element_seeds)
+            .map(lambda tile, element_seed: augment(*tile, element_seed, symmetries, jitter),
+                 num_parallel_calls=tf.data.AUTOTUNE)
+            .map(encoder, num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(batch_size)
+            .prefetch(tf.data.AUTOTUNE))
+
+
 def train(epochs=DEFAULT_EPOCHS, backbone="simple", batch_size=8, learning_rate=3e-3, out_dir=None, verbose=2,
-          recipe=DEFAULT_RECIPE):
+          recipe=DEFAULT_RECIPE, seed=0):
     """Trains on the YELL tiles; returns ``(model, report dict)`` with recall and the recall waterfall on
-    OSBS_029 before and after training."""
+    OSBS_029 before and after training. ``seed`` fixes initialisation, data order, augmentation and sampling."""
     images, boxes, cut = training_tiles()
-    model = build_model(backbone, recipe=recipe)
+    model = build_model(backbone, seed=seed, recipe=recipe)
     before = evaluate_recall(model)
     waterfall_before = rpn_evaluation.recall_waterfall(model, evaluation_data())
-    encoder = model.target_encoder
-    dataset = (tf.data.Dataset.from_tensor_slices((images, padded(boxes)))
-               .shuffle(len(images), seed=0, reshuffle_each_iteration=True)
-               .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-               .map(encoder, num_parallel_calls=tf.data.AUTOTUNE)
-               .batch(batch_size)
-               .prefetch(tf.data.AUTOTUNE))
+    dataset = training_dataset(images, boxes, model.target_encoder, batch_size, seed,
+                               RECIPES[recipe].get("symmetries", "flips"), RECIPES[recipe].get("jitter"))
     steps = epochs * -(-len(images) // batch_size)
     # Cosine decay to zero: weights settle at the end, so batch-norm moving statistics match them.
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(steps, 1))
@@ -132,7 +193,7 @@ def train(epochs=DEFAULT_EPOCHS, backbone="simple", batch_size=8, learning_rate=
     seconds = time.perf_counter() - start
     after = evaluate_recall(model)
     report = {"tiles": len(images), "train_boxes": int(sum(len(b) for b in boxes)), "boxes_cut_by_tiling": cut,
-              "recipe": recipe, "epochs": epochs, "train_seconds": round(seconds, 1),
+              "recipe": recipe, "seed": seed, "epochs": epochs, "train_seconds": round(seconds, 1),
               "final_loss": history.history["loss"][-1], "recall_before": before, "recall_after": after,
               "waterfall_before": waterfall_before,
               "waterfall_after": rpn_evaluation.recall_waterfall(model, evaluation_data())}
@@ -149,11 +210,13 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE, help="training recipe")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds initialisation, data order, augmentation and sampling: the same seed repeats a run")
     parser.add_argument("--out", default="demo_output", help="folder for rpn_deepforest.keras")
     parser.add_argument("--json", default=None, help="also write the report (recall, waterfalls) here")
     args = parser.parse_args(argv)
     _, report = train(args.epochs, args.backbone, args.batch_size, args.learning_rate, args.out,
-                      recipe=args.recipe)
+                      recipe=args.recipe, seed=args.seed)
     if args.json:
         with open(args.json, "w") as file:
             json.dump(report, file, indent=1)

@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 
 import rpn_tf
-from rpn_tf.modeling.losses import RpnLoss, objectness_losses, rpn_loss_sums, smooth_l1
+from rpn_tf.modeling.losses import RpnLoss, decoded_iou, objectness_losses, rpn_loss_sums, smooth_l1
 from rpn_tf.ops.sampling import sample_hard_negatives
 
 
@@ -86,6 +86,47 @@ def test_bad_loss_options():
         RpnLoss(negative_sampling="easy")
     with pytest.raises(ValueError, match="focal_gamma"):
         RpnLoss(focal_gamma=-1)
+    with pytest.raises(ValueError, match="objectness_target"):
+        RpnLoss(objectness_target="centerness")
     assert smooth_l1(tf.constant(2.0), 0.0) == 2.0 and rpn_loss_sums is not None
     with pytest.raises(ValueError, match="sampling"):
         rpn_tf.TargetConfig(sampling="some")
+
+
+def test_iou_aware_objectness_targets_the_iou_of_the_predicted_box_with_its_gt_box():
+    coder = rpn_tf.BoxCoder()
+    anchors = tf.constant([[[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 25.0, 45.0]]])
+    gt = tf.constant([[[0.0, 0.0, 10.0, 10.0], [0.0, 5.0, 10.0, 15.0], [5.0, 5.0, 25.0, 45.0]]])
+    target_deltas = coder.encode(gt, anchors)
+    predicted = coder.encode(tf.constant([[[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0], [5, 5, 25, 25.0]]]),
+                             anchors)
+    quality = decoded_iou(predicted, target_deltas, anchors, coder).numpy()[0]
+    np.testing.assert_allclose(quality, [1.0, 5.0 * 10 / 150, 0.5], rtol=1e-5)
+    # In the loss: positives are pulled towards their IoU, negatives towards 0; the box loss is unchanged.
+    labels = tf.constant([[1, 1, 0]])
+    logits = tf.constant([[0.3, -0.2, 0.1]])
+    soft = rpn_loss_sums(labels, target_deltas, logits, predicted, positive_targets=quality[None])
+    hard = rpn_loss_sums(labels, target_deltas, logits, predicted)
+    expected = tf.nn.sigmoid_cross_entropy_with_logits(labels=[quality[0], quality[1], 0.0], logits=logits[0])
+    np.testing.assert_allclose(soft[0].numpy(), expected.numpy().sum(), rtol=1e-6)
+    assert soft[1].numpy() == hard[1].numpy() and soft[0].numpy() != hard[0].numpy()
+
+
+@pytest.mark.parametrize("target_format", ["dense", "sparse"])
+def test_model_trains_with_iou_aware_objectness_and_keeps_it_in_its_config(target_format):
+    model = rpn_tf.RPNModel((64, 64), rpn_tf.AnchorConfig(stride=16, scales=(1.0, 2.0)), backbone="simple",
+                            head_channels=8, objectness_target="iou",
+                            target_encoder_config={"max_boxes": 4, "target_format": target_format, "seed": 1})
+    images = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3)).astype(np.uint8)
+    boxes = np.stack([np.array([[8, 8, 40, 30], [30, 34, 60, 62]], np.float32)] * 4)
+    dataset = tf.data.Dataset.from_tensor_slices((images, boxes)).map(model.target_encoder).batch(4)
+    model.compile(optimizer=keras_adam())
+    history = model.fit(dataset, epochs=4, verbose=0).history["loss"]
+    assert np.all(np.isfinite(history)) and history[-1] < history[0]
+    assert rpn_tf.RPNModel.from_config(model.get_config()).rpn_loss.objectness_target == "iou"
+
+
+def keras_adam():
+    import keras
+
+    return keras.optimizers.Adam(1e-2)
