@@ -57,7 +57,8 @@ def test_atomic_checkpoint_keeps_the_best_and_never_leaves_temporaries(tmp_path)
     checkpoint.on_epoch_end(2, {"val_score": 0.6})
     assert checkpoint.best == 0.6 and sorted(os.listdir(tmp_path)) == ["best.keras", "best.keras.best.json"]
     # A resumed run (a new callback on the same path) keeps the best so far: a worse value saves nothing.
-    resumed = AtomicCheckpoint(tmp_path / "best.keras", monitor="val_score")
+    assert AtomicCheckpoint(tmp_path / "best.keras", monitor="val_score").best is None  # a new run starts afresh
+    resumed = AtomicCheckpoint(tmp_path / "best.keras", monitor="val_score", resume=True)
     resumed.set_model(model)
     saved = os.path.getmtime(tmp_path / "best.keras")
     resumed.on_epoch_end(3, {"val_score": 0.55})
