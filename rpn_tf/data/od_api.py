@@ -7,6 +7,8 @@ import sys
 import numpy as np
 import tensorflow as tf
 
+from rpn_tf.data.records import check_on_error
+
 _OD_FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
     "image/filename": tf.io.FixedLenFeature([], tf.string, default_value=""),
@@ -112,8 +114,7 @@ def read_od_tfrecords(pattern, num_parallel_calls=tf.data.AUTOTUNE, verify="pipe
         verify = "upfront" if verify else "none"
     if verify not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    check_on_error(on_error)
     files = sorted(tf.io.gfile.glob(pattern)) if isinstance(pattern, str) else list(pattern)  # gs:// too
     if not files:
         raise FileNotFoundError(f"no TFRecord files match {pattern!r}")

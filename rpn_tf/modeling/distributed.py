@@ -87,8 +87,8 @@ class DistributedTrainer:
         directory = checkpoint_dir if self.chief else os.path.join(
             checkpoint_dir, f".worker-{getattr(strategy.cluster_resolver, 'task_id', 0)}-tmp")
         self._manager = tf.train.CheckpointManager(self._checkpoint, directory, max_to_keep=max_to_keep)
-        self._step = tf.function(self._replica_steps)
-        self._test_step = tf.function(self._replica_test_steps)
+        self._step = self._replica_loop(model.train_step)
+        self._test_step = self._replica_loop(model.test_step)
 
     def restore(self):
         """Restores the newest checkpoint of ``checkpoint_dir`` (if any) and returns the epoch to start from."""
@@ -101,19 +101,17 @@ class DistributedTrainer:
             print(f"resuming from epoch {epoch} ({latest})", flush=True)
         return epoch
 
-    def _replica_steps(self, iterator, steps):
+    def _replica_loop(self, model_step):
+        """A ``tf.function(iterator, steps)`` running ``model_step`` (the model's ``train_step`` or ``test_step``) on
+        every replica for ``steps`` batches."""
         def step(data):
-            self.model.train_step(data)
+            model_step(data)
 
-        for _ in tf.range(steps):
-            self.strategy.run(step, args=(next(iterator),))
+        def run(iterator, steps):
+            for _ in tf.range(steps):
+                self.strategy.run(step, args=(next(iterator),))
 
-    def _replica_test_steps(self, iterator, steps):
-        def step(data):
-            self.model.test_step(data)
-
-        for _ in tf.range(steps):
-            self.strategy.run(step, args=(next(iterator),))
+        return tf.function(run)
 
     def _validate(self, distributed, steps):
         """``{"val_" + metric: value}`` over ``steps`` global batches of the validation data."""
@@ -180,7 +178,7 @@ class DistributedTrainer:
                 self._step(iterator, tf.constant(count))
                 done += count
             logs = {name: float(value) for name, value in self.model._logs(include_recall=False).items()}
-            if validation is not None and validation_steps > 0:
+            if validation is not None:
                 logs.update(self._validate(validation, validation_steps))
             self.epoch.assign(epoch + 1)
             self._manager.save(checkpoint_number=epoch + 1)

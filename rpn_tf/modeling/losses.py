@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from rpn_tf.ops.box_ops import box_area
+from rpn_tf.ops.box_ops import iou_matrix
 from rpn_tf.ops.sampling import random_seeds, sample_hard_negatives
 
 
@@ -32,13 +32,8 @@ def decoded_iou(predicted_deltas, target_deltas, anchors, box_coder):
     IoU-aware ranking (the score learns how well the anchor's own box fits its object)."""
     predicted = box_coder.decode(tf.stop_gradient(tf.cast(predicted_deltas, tf.float32)), anchors)
     target = box_coder.decode(tf.cast(target_deltas, tf.float32), anchors)
-    inter_h = tf.maximum(tf.minimum(predicted[..., 2], target[..., 2]) - tf.maximum(predicted[..., 0],
-                                                                                    target[..., 0]), 0.0)
-    inter_w = tf.maximum(tf.minimum(predicted[..., 3], target[..., 3]) - tf.maximum(predicted[..., 1],
-                                                                                    target[..., 1]), 0.0)
-    intersection = inter_h * inter_w
-    union = box_area(predicted) + box_area(target) - intersection
-    return tf.stop_gradient(tf.math.divide_no_nan(intersection, union))
+    # each box against its own target: a 1 x 1 IoU matrix per anchor
+    return tf.stop_gradient(iou_matrix(predicted[..., None, :], target[..., None, :])[..., 0, 0])
 
 
 def objectness_losses(positive, logits, objectness_loss="bce", focal_gamma=2.0, focal_alpha=0.25):

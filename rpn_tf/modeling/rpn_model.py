@@ -201,7 +201,7 @@ class RPNModel(keras.Model):
 
     def _rpn_losses(self, targets, outputs):
         logits, box_deltas = outputs["objectness_logits"], outputs["box_deltas"]
-        anchors = self.anchors[None]
+        indices = None
         if "rpn_labels" in targets:
             labels, deltas = targets["rpn_labels"], targets["rpn_deltas"]
         else:  # sparse targets: the predictions at the sampled anchors (padding entries have label -1)
@@ -209,9 +209,9 @@ class RPNModel(keras.Model):
             logits = tf.gather(logits, indices, batch_dims=1)
             box_deltas = tf.gather(box_deltas, indices, batch_dims=1)
             labels, deltas = targets["rpn_sample_labels"], targets["rpn_sample_deltas"]
-            anchors = tf.gather(self.anchors, indices)
         positive_targets = None
         if self.rpn_loss.objectness_target == "iou":
+            anchors = self.anchors[None] if indices is None else tf.gather(self.anchors, indices)
             positive_targets = decoded_iou(box_deltas, deltas, anchors, self.target_encoder.box_coder)
         loss, (objectness_sum, box_sum, num_sampled, num_correct, count) = self.rpn_loss(
             labels, deltas, logits, box_deltas, positive_targets)

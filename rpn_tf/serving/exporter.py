@@ -12,8 +12,8 @@ import errno
 import json
 import os
 import re
-import socket
 import shutil
+import socket
 import time
 
 import keras
@@ -92,10 +92,14 @@ def write_warmup_records(export_dir, requests):
 STALE_AFTER_S = 6 * 3600  # a temporary folder of another host counts as abandoned after this long
 
 
+def _host():
+    """This host's name as it appears in temporary folder names."""
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:64]
+
+
 def _temporary_name(version):
     """``.{version}.tmp-{host}-{pid}``: unique across the hosts and containers (PID 1 in many) sharing a base dir."""
-    host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:64]
-    return f".{version}{_TEMPORARY_MARK}{host}-{os.getpid()}"
+    return f".{version}{_TEMPORARY_MARK}{_host()}-{os.getpid()}"
 
 
 def _remove_stale_temporaries(model_dir):
@@ -103,7 +107,7 @@ def _remove_stale_temporaries(model_dir):
     hosts (whose processes cannot be checked from here) when untouched for ``STALE_AFTER_S``."""
     if not os.path.isdir(model_dir):
         return
-    host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:64]
+    host = _host()
     for name in os.listdir(model_dir):
         if not (name.startswith(".") and _TEMPORARY_MARK in name):
             continue

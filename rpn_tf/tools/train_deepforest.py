@@ -23,6 +23,7 @@ import tensorflow as tf  # noqa: E402
 import rpn_tf  # noqa: E402
 from rpn_tf import evaluation as rpn_evaluation  # noqa: E402
 from rpn_tf.data import adapters, deepforest  # noqa: E402
+from rpn_tf.ops.box_ops import box_area  # noqa: E402
 from rpn_tf.tools.presets import DEEPFOREST  # noqa: E402
 
 TILE_SIZE = DEEPFOREST.tile_size
@@ -70,11 +71,7 @@ def scale_jitter(image, boxes, seed, low=0.8, high=1.25):
     valid = boxes[:, 2] > boxes[:, 0]
     moved = boxes * scale + shift
     clipped = tf.clip_by_value(moved, 0.0, float(size))
-
-    def area(b):
-        return tf.maximum(b[:, 2] - b[:, 0], 0.0) * tf.maximum(b[:, 3] - b[:, 1], 0.0)
-
-    keep = valid & (area(clipped) >= 0.5 * area(moved)) & (area(clipped) > 0)
+    keep = valid & (box_area(clipped) >= 0.5 * box_area(moved)) & (box_area(clipped) > 0)
     return image, tf.where(keep[:, None], clipped, -1.0)
 
 
@@ -129,7 +126,6 @@ RECIPES["fpn_aug_iou"] = {**RECIPES["fpn_aug"], "objectness_target": "iou"}
 # not the article's): on 400 px tiles with anchors up to 256 px, the cross-boundary anchors are never trained by
 # the article's rule, yet at test time their clipped boxes are proposals like any other
 RECIPES["fpn_all"] = {**RECIPES["fpn"], "target": {"allowed_border": -1.0}}
-RECIPES["fpn_all_iou"] = {**RECIPES["fpn_all"], "objectness_target": "iou"}
 DEFAULT_RECIPE = "fpn"  # chosen by measurement on OSBS_029, see docs/recipes.md
 DEFAULT_EPOCHS = 30  # ~8 minutes of training on 2 CPU cores
 
@@ -145,7 +141,8 @@ def build_model(backbone="simple", seed=0, recipe="article"):
     keras.utils.set_random_seed(seed)
     options = {"backbone": backbone, "head_channels": DEEPFOREST.head_channels,
                "anchor_config": DEEPFOREST.anchor_config, **RECIPES[recipe]}
-    options.pop("symmetries", None), options.pop("jitter", None)
+    for data_option in ("symmetries", "jitter"):  # the data side of the recipe: training_dataset's
+        options.pop(data_option, None)
     target = {"max_boxes": DEEPFOREST.max_boxes, "sampling": options.pop("sampling", "balanced"), "seed": seed,
               **options.pop("target", {})}
     return rpn_tf.RPNModel(DEEPFOREST.image_size, target_encoder_config=target, **options)
