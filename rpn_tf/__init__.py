@@ -3,11 +3,13 @@
 Sub-packages follow the data (see ``docs/architecture.md``):
   ``rpn_tf.config``    frozen configs of every stage (anchors, targets, proposals, ROI sampling)
   ``rpn_tf.ops``       pure TensorFlow: anchors → box ops / ``BoxCoder`` → matching → sampling → targets → NMS /
-                       proposals → ROI sampling
+                       proposals → ROI sampling → ROI Align
   ``rpn_tf.data``      input adapters, tiling, and the ``RpnTargetEncoder`` ``dataset.map`` transform
-  ``rpn_tf.modeling``  backbones, ``RpnHead``, losses, metrics, ``RPNModel``
+  ``rpn_tf.modeling``  backbones, ``RpnHead``, losses, metrics, ``RPNModel``, and the detector on it:
+                       ``FasterRCNN`` (``BoxHead``, ROI losses, detection post-processing)
   ``rpn_tf.serving``   the served graph, the SavedModel exporter, the TF Serving client
   ``rpn_tf.tools``     the ``rpn-tf`` CLI, the demo, the deepforest training recipe
+  ``rpn_tf.evaluation`` recall@N / AR@N and the recall waterfall; ``rpn_tf.coco_eval``: COCO AP / AR by pycocotools
 Conventions (boxes ``[y1, x1, y2, x2]`` in absolute pixels, no +1, ratio = h / w) are in ``docs/conventions.md``.
 """
 
@@ -20,6 +22,9 @@ import sys as _sys
 _LAZY = {
     "AnchorConfig": "rpn_tf.config",
     "AnchorMatcher": "rpn_tf.ops.matching",
+    "BoxHead": "rpn_tf.modeling.roi_heads",
+    "DetectionConfig": "rpn_tf.config",
+    "FasterRCNN": "rpn_tf.modeling.faster_rcnn",
     "BoxCoder": "rpn_tf.ops.box_coder",
     "DistributedTrainer": "rpn_tf.modeling.distributed",
     "MultiLevelAnchorConfig": "rpn_tf.config",
@@ -35,6 +40,7 @@ _LAZY = {
     "TargetConfig": "rpn_tf.config",
     "anchors_inside_image": "rpn_tf.ops.matching",
     "anchors_per_level": "rpn_tf.ops.anchors",
+    "assign_levels": "rpn_tf.ops.roi_align",
     "box_ops": "rpn_tf.ops.box_ops",
     "clip_boxes": "rpn_tf.ops.box_ops",
     "convert_boxes": "rpn_tf.ops.box_ops",
@@ -45,6 +51,7 @@ _LAZY = {
     "generate_proposals": "rpn_tf.ops.proposals",
     "iou_matrix": "rpn_tf.ops.box_ops",
     "label_anchors": "rpn_tf.ops.matching",
+    "multilevel_roi_align": "rpn_tf.ops.roi_align",
     "num_anchors": "rpn_tf.ops.anchors",
     "padded_nms": "rpn_tf.ops.nms",
     "resize_to_canvas": "rpn_tf.data.resize",
@@ -57,7 +64,10 @@ __all__ = [
     "AnchorConfig",
     "AnchorMatcher",
     "BoxCoder",
+    "BoxHead",
+    "DetectionConfig",
     "DistributedTrainer",
+    "FasterRCNN",
     "MultiLevelAnchorConfig",
     "ProposalConfig",
     "ProposalRecall",
@@ -71,6 +81,7 @@ __all__ = [
     "TargetConfig",
     "anchors_inside_image",
     "anchors_per_level",
+    "assign_levels",
     "box_ops",
     "clip_boxes",
     "convert_boxes",
@@ -81,6 +92,7 @@ __all__ = [
     "generate_proposals",
     "iou_matrix",
     "label_anchors",
+    "multilevel_roi_align",
     "num_anchors",
     "padded_nms",
     "resize_to_canvas",

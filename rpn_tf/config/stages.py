@@ -197,3 +197,34 @@ class RoiSamplerConfig:
                             ("negative_iou_range", (low, high)), ("append_gt_boxes", bool(self.append_gt_boxes)),
                             ("box_coder", _box_coder(owner, self.box_coder)), ("seed", _seed(owner, self.seed))):
             object.__setattr__(self, name, value)
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectionConfig:
+    """Second-stage post-processing (``FasterRCNN``): class-specific boxes → per-class NMS → final detections.
+    Defaults are detectron2's / torchvision's (the article stops before stage two).
+
+    Attributes:
+      score_threshold: detections scoring below this are dropped (0.05).
+      nms_iou: per-class NMS IoU threshold (0.5).
+      max_detections: detections kept per image, over all classes (100).
+      max_detections_per_class: kept per class before the total cut (100).
+      nms: ``"combined"`` (``tf.image.combined_non_max_suppression``: per-class NMS, no XLA kernel), ``"padded"``
+        (rpn-tf's XLA-compilable NMS over all classes at once, boxes of different classes never suppressing each
+        other) or ``"auto"`` (default: ``"padded"`` when the model's steps are XLA-compiled).
+    """
+
+    score_threshold: float = 0.05
+    nms_iou: float = 0.5
+    max_detections: int = 100
+    max_detections_per_class: int = 100
+    nms: str = "auto"
+
+    def __post_init__(self):
+        owner = "DetectionConfig"
+        object.__setattr__(self, "score_threshold", _fraction(owner, "score_threshold", self.score_threshold))
+        object.__setattr__(self, "nms_iou", _fraction(owner, "nms_iou", self.nms_iou, low_open=True))
+        for name in ("max_detections", "max_detections_per_class"):
+            object.__setattr__(self, name, _positive_int(owner, name, getattr(self, name)))
+        if self.nms not in NMS_IMPLEMENTATIONS:
+            raise ValueError(f"DetectionConfig.nms must be one of {NMS_IMPLEMENTATIONS}, got {self.nms!r}")

@@ -24,22 +24,9 @@ import numpy as np
 import tensorflow as tf
 
 from rpn_tf.config import validate_image_size
+from rpn_tf.modeling.backbone_names import BUILTIN_BACKBONES, FPN_BACKBONES, FPN_STRIDES
 from rpn_tf.modeling.fpn import feature_pyramid
 
-# name: (stride, preprocessing mode, output layer)
-BUILTIN_BACKBONES = {
-    "vgg16": (16, "caffe", "block5_conv3"),
-    "resnet50": (16, "caffe", "conv4_block6_out"),
-    "mobilenet_v2": (16, "tf", "block_13_expand_relu"),
-    "simple": (16, "unit", None),
-}
-# name: (trunk, preprocessing mode, bottom-up layers C2–C5, pyramid channels)
-FPN_BACKBONES = {
-    "resnet50_fpn": ("resnet50", "caffe",
-                     ("conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"), 256),
-    "mobilenet_v2_fpn": ("mobilenet_v2", "tf", ("block_2_add", "block_5_add", "block_12_add", "out_relu"), 256),
-    "simple_fpn": ("simple", "unit", ("block2_pool", "block3_pool", "block4_pool", "block5_pool"), 64),
-}
 PREPROCESSING_MODES = ("caffe", "tf", "unit", "none")
 _APPLICATIONS = {"vgg16": "VGG16", "resnet50": "ResNet50", "mobilenet_v2": "MobileNetV2"}
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
@@ -105,7 +92,7 @@ def _fpn_backbone(name, image_size, weights):
     else:
         trunk = _application(trunk_name, image_size, weights)
     bottom_up = [trunk.get_layer(layer).output for layer in taps]
-    return feature_pyramid(trunk.input, bottom_up, channels, name=f"{name}_backbone"), (4, 8, 16, 32, 64), mode
+    return feature_pyramid(trunk.input, bottom_up, channels, name=f"{name}_backbone"), FPN_STRIDES, mode
 
 
 def feature_strides(model, image_size):

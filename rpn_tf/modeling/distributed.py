@@ -164,7 +164,10 @@ class DistributedTrainer:
             if best_model_path and self.chief:
                 from rpn_tf.modeling.callbacks import AtomicCheckpoint
 
-                best = AtomicCheckpoint(best_model_path, monitor or f"val_recall@{self.model.recall_top_n}_iou0.5",
+                if monitor is None:  # an RPN: validation recall; a detector (no recall metric): the lowest loss
+                    top_n = getattr(self.model, "recall_top_n", None)
+                    monitor = f"val_recall@{top_n}_iou0.5" if top_n else "val_loss"
+                best = AtomicCheckpoint(best_model_path, monitor, mode="min" if monitor.endswith("loss") else "max",
                                         resume=initial_epoch > 0)
                 best.set_model(self.model)
         for epoch in range(initial_epoch, epochs):

@@ -168,8 +168,16 @@ class RPNModel(keras.Model):
         return self.target_encoder.anchors
 
     def call(self, images, training=None):
+        return self.head_outputs(self.features(images, training=training))
+
+    def features(self, images, training=None):
+        """The backbone's feature maps of ``[B, H, W, 3]`` canvas images (0–255), finest first (a second stage reads
+        them: ``FasterRCNN``)."""
         images = check_input_size(images, self.image_size)
-        features = feature_list(self.backbone(self.preprocessing(images), training=training))
+        return feature_list(self.backbone(self.preprocessing(images), training=training))
+
+    def head_outputs(self, features):
+        """``call``'s outputs from the backbone's maps (``features``)."""
         outputs = [self.head(feature) for feature in features]  # one shared head, level by level
         logits = keras.ops.concatenate([logits for logits, _ in outputs], axis=1)
         deltas = keras.ops.concatenate([deltas for _, deltas in outputs], axis=1)
@@ -194,12 +202,25 @@ class RPNModel(keras.Model):
         if not all(key in targets for key in TARGET_KEYS) and not all(key in targets for key in SPARSE_TARGET_KEYS):
             if "gt_boxes" not in targets:
                 raise ValueError(f"targets need {TARGET_KEYS} or 'gt_boxes'; got {sorted(targets)}")
-            # Labels on the accelerator: the same ops as the tf.data path, batched.
-            targets = {**targets, **self.target_encoder.encode(targets["gt_boxes"],
-                                                               valid_sizes=targets.get("valid_size"))}
+            targets = self.encode_targets(targets)
         return images, targets
 
+    def encode_targets(self, targets):
+        """``targets`` (padded ``gt_boxes`` ``[B, M, 4]``, optional ``valid_size``) plus the RPN's labels and deltas,
+        computed in the step (on the accelerator) by the same ops as the ``tf.data`` path, batched."""
+        return {**targets, **self.target_encoder.encode(targets["gt_boxes"], valid_sizes=targets.get("valid_size"))}
+
     def _rpn_losses(self, targets, outputs):
+        loss, (objectness_sum, box_sum, num_sampled, num_correct, count) = self.rpn_loss_terms(targets, outputs)
+        self.loss_tracker.update_state(objectness_sum + self.rpn_loss.box_loss_weight * box_sum, count)
+        self.objectness_loss_tracker.update_state(objectness_sum, count)
+        self.box_loss_tracker.update_state(box_sum, count)
+        self.accuracy_tracker.update_state(num_correct, num_sampled)
+        return loss
+
+    def rpn_loss_terms(self, targets, outputs):
+        """``(loss, (objectness_sum, box_sum, num_sampled, num_correct, count))`` of ``call``'s outputs against the
+        encoded ``targets`` (dense or sparse), without touching this model's metrics."""
         logits, box_deltas = outputs["objectness_logits"], outputs["box_deltas"]
         indices = None
         if "rpn_labels" in targets:
@@ -213,13 +234,7 @@ class RPNModel(keras.Model):
         if self.rpn_loss.objectness_target == "iou":
             anchors = self.anchors[None] if indices is None else tf.gather(self.anchors, indices)
             positive_targets = decoded_iou(box_deltas, deltas, anchors, self.target_encoder.box_coder)
-        loss, (objectness_sum, box_sum, num_sampled, num_correct, count) = self.rpn_loss(
-            labels, deltas, logits, box_deltas, positive_targets)
-        self.loss_tracker.update_state(objectness_sum + self.rpn_loss.box_loss_weight * box_sum, count)
-        self.objectness_loss_tracker.update_state(objectness_sum, count)
-        self.box_loss_tracker.update_state(box_sum, count)
-        self.accuracy_tracker.update_state(num_correct, num_sampled)
-        return loss
+        return self.rpn_loss(labels, deltas, logits, box_deltas, positive_targets)
 
     def _logs(self, include_recall=True):
         logs = {}

@@ -37,7 +37,7 @@ class RoiSampler(tf.Module):
         self.config: RoiSamplerConfig = config_from_kwargs(RoiSamplerConfig, config, overrides)
         self._generator = tf.random.Generator.from_non_deterministic_state() if self.config.seed is None else None
 
-    def __call__(self, proposals, gt_boxes, gt_classes, num_proposals=None):
+    def __call__(self, proposals, gt_boxes, gt_classes, num_proposals=None, seeds=None):
         """Samples ROIs.
 
         Args:
@@ -46,6 +46,8 @@ class RoiSampler(tf.Module):
             ``proposals``, raise ``InvalidArgumentError`` naming the input).
           gt_classes: int ``Tensor[B, M]`` (≥ 1 for objects), padded with -1.
           num_proposals: int ``Tensor[B]``: valid proposals per image (default: all N).
+          seeds: optional int64 ``Tensor[B, 2]`` stateless seeds, one per image (a model's own seed generator);
+            default: from the config's ``seed`` (content seeds) or this sampler's generator.
 
         Returns:
           dict: ``rois`` ``[B, R, 4]`` (positives first, then negatives, then zero padding), ``roi_classes``
@@ -76,7 +78,9 @@ class RoiSampler(tf.Module):
         is_negative = candidate_valid & ~is_positive & (background_iou >= low) & (background_iou < high)
         labels = tf.where(is_positive, 1, tf.where(is_negative, 0, -1))
 
-        if config.seed is None:
+        if seeds is not None:
+            seeds = tf.cast(seeds, tf.int64)
+        elif config.seed is None:
             seeds = random_seeds(tf.shape(gt_boxes)[0], self._generator)
         else:
             seeds = content_seeds(config.seed, gt_boxes)

@@ -1,4 +1,5 @@
-"""Export an ``RPNModel`` as a TensorFlow Serving SavedModel with all post-processing in the graph.
+"""Export an ``RPNModel`` or a ``FasterRCNN`` as a TensorFlow Serving SavedModel with all post-processing in the
+graph.
 
 The signatures are ``rpn_tf.serving.module.RpnServingModule``'s. The export goes through Keras's public
 ``keras.export.ExportArchive`` and is atomic: it is written, warmup records included, into a hidden temporary
@@ -21,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
+from rpn_tf.modeling.faster_rcnn import FasterRCNN
 from rpn_tf.modeling.rpn_model import RPNModel
 from rpn_tf.serving import client
 from rpn_tf.serving.module import DEFAULT_MAX_PIXELS, IMAGE_SIGNATURES, RpnServingModule  # noqa: F401
@@ -29,8 +31,9 @@ WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 _TEMPORARY_MARK = ".tmp-"
 
 
-def load_model(model_path, config_path=None) -> RPNModel:
-    """An ``RPNModel`` from a ``.keras`` file, or from a weights file plus a JSON of ``RPNModel.get_config()``."""
+def load_model(model_path, config_path=None):
+    """An ``RPNModel`` or ``FasterRCNN`` from a ``.keras`` file, or an ``RPNModel`` from a weights file plus a JSON
+    of ``RPNModel.get_config()``."""
     if not os.path.exists(model_path):
         raise FileNotFoundError(f"{model_path} does not exist")
     if model_path.endswith(".keras"):
@@ -42,8 +45,8 @@ def load_model(model_path, config_path=None) -> RPNModel:
         with open(config_path) as file:
             model = RPNModel.from_config(json.load(file))
         model.load_weights(model_path)
-    if not isinstance(model, RPNModel):
-        raise TypeError(f"{model_path} holds a {type(model).__name__}, not an rpn_tf.RPNModel")
+    if not isinstance(model, (RPNModel, FasterRCNN)):
+        raise TypeError(f"{model_path} holds a {type(model).__name__}, not an rpn_tf.RPNModel or FasterRCNN")
     return model
 
 
@@ -156,7 +159,7 @@ def export_saved_model(model, base_dir, model_name="rpn", version=None, roi_samp
     """Writes ``base_dir/model_name/version/`` (a SavedModel with warmup records) and returns that path.
 
     Args:
-      model: an ``RPNModel`` (or a path accepted by ``load_model``).
+      model: an ``RPNModel`` or a ``FasterRCNN`` (or a path accepted by ``load_model``).
       base_dir: TF Serving's model base path.
       model_name: the served model's name.
       version: integer version ≥ 1; default: the next free one. An existing version is never overwritten: when

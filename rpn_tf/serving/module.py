@@ -1,4 +1,5 @@
-"""The served graph of an ``RPNModel``: decoding, resizing, the network, proposals and ROI sampling.
+"""The served graph of an ``RPNModel`` (decoding, resizing, the network, proposals and ROI sampling) or of a
+``FasterRCNN`` (the same image signatures, returning detections).
 
 Signatures (batch size ``None`` everywhere):
   ``serving_default``  ``encoded_images``: string ``[B]`` JPEG/PNG/GIF/BMP bytes, images of any sizes.
@@ -10,7 +11,9 @@ Image signatures return ``proposal_boxes`` float32 ``[B, N, 4]`` yxyx in the *or
 ``num_proposals``), ``proposal_scores`` ``[B, N]``, ``num_proposals`` int32 ``[B]`` and ``image_scale`` float32
 ``[B, 2]`` (canvas pixels per original pixel, ``(sy, sx)``). Resizing is the model's ``resize`` policy through
 ``rpn_tf.data.resize.resize_to_canvas`` — the encoder's function, so served pixels equal training pixels — and the
-proposals come from ``RPNModel.proposals_in_original_pixels``, as ``model.predict``'s do.
+proposals come from ``RPNModel.proposals_in_original_pixels``, as ``model.predict``'s do. A ``FasterRCNN``'s image
+signatures return ``DETECTOR_OUTPUTS`` (``detection_boxes`` in the original pixels, ``detection_scores``,
+``detection_classes``, ``num_detections``, ``image_scale``) from ``FasterRCNN.detections_in_original_pixels``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from rpn_tf.ops.roi_sampling import RoiSampler
 
 IMAGE_SIGNATURES = ("serving_default", "image_tensor", "tf_example")
 IMAGE_OUTPUTS = ("proposal_boxes", "proposal_scores", "num_proposals", "image_scale")
+# A FasterRCNN's image signatures: the TF Object Detection API's names (boxes in the original image's pixels,
+# classes 1…K and num_detections as float32).
+DETECTOR_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections", "image_scale")
 # Decoded images are bounded: an image's height × width is read from its header (JPEG, PNG, GIF, BMP) and checked
 # before decoding (TF itself caps only JPEG). 36 Mpx = 6000 × 6000 ≈ 108 MB as uint8.
 DEFAULT_MAX_PIXELS = 36_000_000
@@ -82,7 +88,15 @@ class RpnServingModule:
         self.roi_sampler = roi_sampler or RoiSampler(seed=0)
         self.image_size = tuple(model.image_size)
 
+    @property
+    def is_detector(self) -> bool:
+        """Whether the model is a detector (``FasterRCNN``): it serves ``DETECTOR_OUTPUTS`` and no ``sample_rois``."""
+        return hasattr(self.model, "detections_in_original_pixels")
+
     def _infer(self, canvas, image_scale, valid_size, original_size):
+        if self.is_detector:
+            outputs = self.model.detections_in_original_pixels(canvas, image_scale, valid_size, original_size)
+            return {key: outputs[key] for key in DETECTOR_OUTPUTS}
         outputs = self.model.proposals_in_original_pixels(canvas, image_scale, valid_size, original_size)
         return {key: outputs[key] for key in IMAGE_OUTPUTS}
 
@@ -149,8 +163,9 @@ class RpnServingModule:
         return self.roi_sampler(proposals, gt_boxes, gt_classes, num_proposals)
 
     def endpoints(self):
-        """``{signature name: (function, input signature)}`` of every served signature."""
-        return {
+        """``{signature name: (function, input signature)}`` of every served signature (a detector's: the image
+        signatures only)."""
+        endpoints = {
             "serving_default": (self.serve_encoded_images, [tf.TensorSpec([None], tf.string, "encoded_images")]),
             "image_tensor": (self.serve_image_tensor, [tf.TensorSpec([None, None, None, 3], tf.uint8, "images")]),
             "tf_example": (self.serve_tf_example, [tf.TensorSpec([None], tf.string, "serialized_examples")]),
@@ -159,6 +174,9 @@ class RpnServingModule:
                                                tf.TensorSpec([None, None, 4], tf.float32, "gt_boxes"),
                                                tf.TensorSpec([None, None], tf.int32, "gt_classes")]),
         }
+        if self.is_detector:
+            del endpoints["sample_rois"]
+        return endpoints
 
 
 def _pipeline_options():

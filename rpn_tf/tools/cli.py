@@ -14,207 +14,15 @@ and exit status 2.
 
 from __future__ import annotations
 
-import argparse
-import glob
 import json
 import os
 import sys
 
 from rpn_tf.tools.errors import UsageError
-from rpn_tf.tools.presets import BACKBONE_STRIDES, BACKBONES, FPN_BACKBONES, PRESETS
-
-FORMATS = ("deepforest", "voc", "coco", "tfrecord")
-RESIZE_POLICIES = ("letterbox", "stretch", "shorter_side")
-
-
-def import_tensorflow():
-    """Imports TensorFlow with its start-up chatter hidden (C++ log lines on stderr, e.g. "failed call to cuInit" on
-    a machine without a GPU); failures still arrive as Python exceptions, reported in one line."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if "tensorflow" in sys.modules:
-        return sys.modules["tensorflow"]
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            import tensorflow as tf
-            import keras  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-    return tf
-
-
-class _Parser(argparse.ArgumentParser):
-    """Argument mistakes in one line (and exit status 2), pointing at --help."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Shows each option's default, unless its help already says it (or it is a flag or unset)."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
-            return text
-        default = " ".join(map(str, action.default)) if isinstance(action.default, (list, tuple)) else action.default
-        return f"{text} (default: {default})"
-
-
-def _add_data_arguments(parser, data_help="dataset path: see --format"):
-    parser.add_argument("--format", choices=FORMATS, default=None,
-                        help="dataset format (required, except with --preset deepforest)")
-    parser.add_argument("--data", default=None, help=data_help)
-    parser.add_argument("--images", default=None, help="image folder (--format coco)")
-    parser.add_argument("--skip-errors", action="store_true",
-                        help="skip malformed records and unreadable images (named and counted) instead of stopping "
-                             "at the first")
-    parser.add_argument("--tile", type=int, default=None,
-                        help="cut images into tiles of this size (train / visualize-targets default to the preset's: "
-                             "deepforest 400; else no tiling)")
-    parser.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in pixels (default: tile / 4)")
-
-
-def _add_model_arguments(parser):
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="article",
-                        help="; ".join(f"{name}: {preset.summary}" for name, preset in PRESETS.items()))
-    parser.add_argument("--backbone", choices=BACKBONES, default=None,
-                        help="feature extractor (default: the preset's); *_fpn are feature pyramids with one anchor "
-                             "size per level (32-512 px; --stride/--scales do not apply)")
-    parser.add_argument("--weights", default=None,
-                        help="backbone weights: 'imagenet' (downloads once) or a .weights.h5 / .h5 file "
-                             "(default: random initialisation)")
-    parser.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help="network input canvas (default: the preset's)")
-    parser.add_argument("--stride", type=int, default=None,
-                        help="anchor / feature stride (default: the backbone's: 16; the simple backbone also "
-                             "takes 4, 8 or 32)")
-    parser.add_argument("--scales", type=float, nargs="+", default=None,
-                        help="anchor scales in units of the stride (default: the preset's anchor sizes in pixels at "
-                             "this stride; article: 8 16 32 = 128/256/512 px)")
-    parser.add_argument("--ratios", type=float, nargs="+", default=None,
-                        help="anchor aspect ratios h/w (default: the preset's; article: 0.5 1 2)")
-    parser.add_argument("--head-channels", type=int, default=None,
-                        help="channels of the RPN head's 3x3 conv (default: the preset's, else 512 or the pyramid's)")
-    parser.add_argument("--max-boxes", type=int, default=None,
-                        help="GT boxes per image at most (default: the preset's; 100)")
-    parser.add_argument("--resize", choices=RESIZE_POLICIES, default="letterbox",
-                        help="how images of any size go onto the canvas")
-
-
-def resolve(args):
-    """Fills every model / data option left unset from ``--preset``; checks paths. Returns ``args``."""
-    if not hasattr(args, "preset"):
-        if getattr(args, "format", "") is None:
-            raise UsageError(f"--format is required ({', '.join(FORMATS)})")
-        return args
-    preset = PRESETS[args.preset]
-    if args.backbone is None:
-        args.backbone = preset.backbone
-    if args.image_size is None:
-        args.image_size = list(preset.image_size)
-    if args.stride is None and args.backbone not in FPN_BACKBONES:
-        args.stride = preset.stride if (preset.stride and args.backbone == preset.backbone) else \
-            BACKBONE_STRIDES[args.backbone]
-    if args.scales is None:  # the preset's anchor sizes in pixels, whatever the stride
-        preset_stride = preset.stride or BACKBONE_STRIDES.get(preset.backbone, 16)
-        args.scales = [scale * preset_stride / (args.stride or preset_stride) for scale in preset.scales]
-    args.ratios = args.ratios or list(preset.ratios)
-    if args.head_channels is None:
-        args.head_channels = preset.head_channels
-    if args.max_boxes is None:
-        args.max_boxes = preset.max_boxes
-    if hasattr(args, "format"):
-        if args.format is None:
-            if preset.data_format is None:
-                raise UsageError(f"--format is required ({', '.join(FORMATS)}); only --preset deepforest implies one")
-            args.format = preset.data_format
-        if args.tile is None and preset.tile_size and args.format == preset.data_format:
-            args.tile, args.tile_overlap = preset.tile_size, preset.tile_overlap if args.tile_overlap is None \
-                else args.tile_overlap
-    if getattr(args, "optimizer", None) is None and hasattr(args, "optimizer"):
-        args.optimizer = preset.optimizer
-    if getattr(args, "learning_rate", None) is None and hasattr(args, "learning_rate"):
-        args.learning_rate = preset.learning_rate
-    if args.weights not in (None, "imagenet") and not os.path.isfile(args.weights):
-        raise UsageError(f"--weights: no such file: {args.weights}")
-    return args
-
-
-def load_dataset(args, data=None):
-    """``(dataset, report)``: the element dataset (``image``, ``boxes``, ``classes``) that ``args`` describe
-    (``data`` overrides ``args.data``, e.g. for ``--val-data``) and the adapter's report (or ``None``)."""
-    from rpn_tf.data import adapters
-
-    data = args.data if data is None else data
-    on_error = "skip" if args.skip_errors else "raise"
-    report = None
-    if args.format == "deepforest":
-        report = adapters.SkipReport()
-        dataset = adapters.from_deepforest(data.split(",") if data else None, on_error=on_error, report=report)
-    elif data is None:
-        raise UsageError(f"--data is required for --format {args.format}")
-    elif args.format in ("voc", "coco") and not os.path.exists(data):
-        raise UsageError(f"--data: no such {'folder' if args.format == 'voc' else 'file'}: {data}")
-    elif args.format == "voc":
-        dataset, report, _ = adapters.from_voc(data, on_error=on_error)
-    elif args.format == "coco":
-        if args.images is None:
-            raise UsageError("--images is required for --format coco")
-        dataset, report = adapters.from_coco(data, args.images, on_error=on_error)
-    else:
-        dataset = adapters.read_od_tfrecords(data, on_error=on_error)
-    if report is not None:
-        _print_report(report)
-    if args.tile:
-        overlap = args.tile // 4 if args.tile_overlap is None else args.tile_overlap
-        dataset = adapters.tile_dataset(dataset, args.tile, overlap)
-    return dataset, report
-
-
-def _print_report(report):
-    if report.skipped:
-        print(f"skipped {len(report.skipped)} malformed records", file=sys.stderr)
-        for name, reason in list(report.skipped.items())[:10]:
-            print(f"  {reason}", file=sys.stderr)
-
-
-def _anchor_config(args):
-    import rpn_tf
-
-    if args.backbone in FPN_BACKBONES:
-        return rpn_tf.MultiLevelAnchorConfig.fpn()
-    return rpn_tf.AnchorConfig(stride=args.stride, scales=tuple(args.scales), ratios=tuple(args.ratios))
-
-
-def build_model(args):
-    import rpn_tf
-
-    stride = args.stride if args.backbone == "simple" else None
-    return rpn_tf.RPNModel(tuple(args.image_size), _anchor_config(args), backbone=args.backbone,
-                           backbone_stride=stride, weights=args.weights, head_channels=args.head_channels,
-                           resize=args.resize, freeze_backbone_layers=getattr(args, "freeze_backbone_layers", 0),
-                           target_encoder_config={"max_boxes": args.max_boxes})
-
-
-def load_rpn_model(path, config=None):
-    """An ``RPNModel`` from a ``.keras`` file (or weights with ``config``), or a ``UsageError`` naming the file."""
-    if not os.path.isfile(path):
-        raise UsageError(f"no such model file: {path}")
-    import_tensorflow()
-    from rpn_tf.modeling.rpn_model import RPNModel
-    from rpn_tf.serving.exporter import load_model
-
-    try:
-        model = load_model(path, config)
-    except (ValueError, TypeError, OSError, KeyError) as error:
-        raise UsageError(f"{path} is not a loadable RPNModel file ({str(error).splitlines()[0][:200]})") from None
-    if not isinstance(model, RPNModel):
-        raise UsageError(f"{path} holds a {type(model).__name__}, not an RPNModel")
-    return model
+from rpn_tf.tools.options import MODELS, Formatter as _Formatter, Parser as _Parser, \
+    add_data_arguments as _add_data_arguments, add_model_arguments as _add_model_arguments, anchor_config, \
+    build_model, import_tensorflow, load_dataset, load_model_file, resolve  # noqa: F401 (build_model: API)
+from rpn_tf.tools.predict import command_predict
 
 
 def command_train(args):
@@ -225,10 +33,12 @@ def command_train(args):
 
 
 def command_evaluate(args):
-    model = load_rpn_model(args.model)
+    model = load_model_file(args.model)
     from rpn_tf import evaluation
 
     dataset, _ = load_dataset(args)
+    if hasattr(model, "detections_in_original_pixels"):
+        return _evaluate_detector(model, dataset, args)
     results = evaluation.evaluate_recall(model, dataset, tuple(args.top_n))
     for key, value in results.items():
         print(f"{key}: {value:.4f}")
@@ -245,8 +55,27 @@ def command_evaluate(args):
     return 0
 
 
+def _evaluate_detector(model, dataset, args):
+    """COCO detection metrics (pycocotools) of a FasterRCNN, and COCO AR@N of its RPN's proposals."""
+    from rpn_tf import coco_eval
+
+    results = {"detection": coco_eval.detection_metrics(model, dataset),
+               "proposals": coco_eval.proposal_metrics(model.rpn, dataset, tuple(args.top_n))}
+    print("COCO detection metrics (pycocotools; -1: no GT box of that size):")
+    for key, value in results["detection"].items():
+        print(f"  {key}: {value:.4f}")
+    print("proposals of its RPN (pycocotools, useCats=0):")
+    for n in args.top_n:
+        print(f"  AR@{n}: {results['proposals'][f'coco/AR@{n}']:.4f}  "
+              f"recall@{n} IoU 0.5: {results['proposals'][f'coco/recall@{n}_iou0.5']:.4f}")
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(results, file, indent=2)
+    return 0
+
+
 def command_export(args):
-    model = load_rpn_model(args.model, args.config)
+    model = load_model_file(args.model, args.config)
     from rpn_tf.serving.exporter import export_saved_model
 
     jpeg = None
@@ -263,50 +92,6 @@ def command_export(args):
     return 0
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
-
-
-def command_predict(args):
-    if os.path.isdir(args.input):
-        paths = sorted(p for p in glob.glob(os.path.join(args.input, "*")) if p.lower().endswith(IMAGE_EXTENSIONS))
-    else:
-        paths = [args.input]
-    if not paths or not all(os.path.exists(p) for p in paths):
-        raise UsageError(f"no images found at {args.input}")
-    model = load_rpn_model(args.model, args.config)
-    tf = import_tensorflow()
-    from rpn_tf.serving import RpnServingModule
-    from rpn_tf.tools.visualize import proposals_picture, write_png
-
-    serve = tf.function(RpnServingModule(model).serve_encoded_images)
-    os.makedirs(args.out, exist_ok=True)
-    failed = 0
-    for path in paths:
-        data = tf.io.read_file(path)
-        try:
-            outputs = serve(tf.reshape(data, [1]))
-        except tf.errors.InvalidArgumentError as error:
-            reason = error.message.strip().splitlines()[0][:300]
-            if not args.skip_errors:
-                raise UsageError(f"{path}: not a readable image ({reason}); --skip-errors skips such files") from None
-            print(f"warning: skipped {path}: not a readable image ({reason})", file=sys.stderr)
-            failed += 1
-            continue
-        count = min(int(outputs["num_proposals"][0]), args.top_n)
-        boxes = outputs["proposal_boxes"].numpy()[0, :count]
-        scores = outputs["proposal_scores"].numpy()[0, :count]
-        image = tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
-        stem = os.path.splitext(os.path.basename(path))[0]
-        write_png(os.path.join(args.out, f"{stem}_proposals.png"), proposals_picture(image, boxes, scores))
-        with open(os.path.join(args.out, f"{stem}_proposals.json"), "w") as file:
-            json.dump({"image": path, "boxes_yxyx": boxes.round(2).tolist(), "scores": scores.round(5).tolist()},
-                      file)
-        print(f"{path}: {count} proposals -> {os.path.join(args.out, stem + '_proposals.png')}")
-    if failed:
-        print(f"skipped {failed} of {len(paths)} images", file=sys.stderr)
-    return 0
-
-
 def command_visualize_targets(args):
     import_tensorflow()
     from rpn_tf.tools.visualize import target_picture, write_png
@@ -316,7 +101,7 @@ def command_visualize_targets(args):
     if element is None:
         count = sum(1 for _ in dataset)
         raise UsageError(f"--index {args.index} is past the end of the dataset ({count} images: 0-{count - 1})")
-    png, _, labels = target_picture(element["image"].numpy(), element["boxes"].numpy(), _anchor_config(args),
+    png, _, labels = target_picture(element["image"].numpy(), element["boxes"].numpy(), anchor_config(args),
                                     max_negatives=args.max_negatives, image_size=tuple(args.image_size),
                                     resize=args.resize)
     write_png(args.output, png)
@@ -361,7 +146,8 @@ def command_demo(args):
     from rpn_tf.tools import demo
 
     argv = ["--out", args.out] + (["--epochs", str(args.epochs)] if args.epochs is not None else []) + \
-        (["--recipe", args.recipe] if args.recipe else [])
+        (["--recipe", args.recipe] if args.recipe else []) + \
+        (["--detector-epochs", str(args.detector_epochs)] if args.detector_epochs is not None else [])
     demo.main(argv)
     return 0
 
@@ -370,11 +156,22 @@ def build_parser():
     parser = _Parser(prog="rpn-tf", description=__doc__, formatter_class=_Formatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = commands.add_parser("train", help="train an RPNModel on a dataset", formatter_class=_Formatter,
-                                description="Train an RPNModel. Model settings come from --preset (article by "
-                                            "default); options given override them.")
+    train = commands.add_parser("train", help="train an RPNModel (or a FasterRCNN) on a dataset",
+                                formatter_class=_Formatter,
+                                description="Train an RPNModel, or with --model faster_rcnn a FasterRCNN. Model "
+                                            "settings come from --preset (article by default); options given "
+                                            "override them.")
     _add_data_arguments(train)
     _add_model_arguments(train)
+    train.add_argument("--model", choices=MODELS, default="rpn",
+                       help="rpn: the RPN alone; faster_rcnn: the RPN with a Fast R-CNN second stage (ROI Align, "
+                            "2 x FC box head), trained jointly")
+    train.add_argument("--num-classes", type=int, default=None,
+                       help="--model faster_rcnn: object classes, background excluded (default: the preset's; "
+                            "deepforest: 1)")
+    train.add_argument("--representation-size", type=int, default=None,
+                       help="--model faster_rcnn: width of the box head's two FC layers (default: the preset's; "
+                            "1024, deepforest 256)")
     train.add_argument("--epochs", type=int, default=10, help="training epochs")
     train.add_argument("--batch-size", type=int, default=8, help="images per step (the global batch: split over "
                                                                 "the replicas of a --strategy)")
@@ -410,7 +207,8 @@ def build_parser():
                             "produces the whole dataset")
     train.set_defaults(run=command_train)
 
-    evaluate = commands.add_parser("evaluate", help="recall@N (IoU 0.5 / 0.7) and AR@N of a trained model",
+    evaluate = commands.add_parser("evaluate", help="recall@N (IoU 0.5 / 0.7) and AR@N of a trained RPN; COCO AP "
+                                                    "(pycocotools) of a FasterRCNN",
                                    formatter_class=_Formatter)
     evaluate.add_argument("model", help="a .keras file written by rpn-tf train")
     _add_data_arguments(evaluate)
@@ -432,7 +230,8 @@ def build_parser():
     export.add_argument("--warmup-image", default=None, help="JPEG for the warmup requests (default: synthetic)")
     export.set_defaults(run=command_export)
 
-    predict = commands.add_parser("predict", help="draw the top-N proposals of an image or a folder of images",
+    predict = commands.add_parser("predict", help="draw the top-N proposals (a FasterRCNN: detections) of an image "
+                                                  "or a folder of images",
                                   formatter_class=_Formatter)
     predict.add_argument("model", help="a .keras file (or weights with --config)")
     predict.add_argument("input", help="an image file or a folder of images")
@@ -478,11 +277,14 @@ def build_parser():
     native_parser.add_argument("--all", action="store_true", help="clean: remove every cached build")
     native_parser.set_defaults(run=command_native)
 
-    demo = commands.add_parser("demo", help="train, evaluate, export and serve on the bundled real data",
+    demo = commands.add_parser("demo", help="train, evaluate, export and serve the RPN and a FasterRCNN on the "
+                                            "bundled real data",
                                formatter_class=_Formatter)
     demo.add_argument("--out", default="demo_output", help="output folder")
     demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's, 30)")
     demo.add_argument("--recipe", default=None, help="training recipe (default: fpn; see docs/recipes.md)")
+    demo.add_argument("--detector-epochs", type=int, default=None,
+                      help="epochs of the FasterRCNN trained on the RPN afterwards (default: 15; 0 skips it)")
     demo.set_defaults(run=command_demo)
     return parser
 

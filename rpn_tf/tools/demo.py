@@ -7,6 +7,9 @@
    recall waterfall before and after (``waterfall.png``).
 3. Exports a TF Serving SavedModel (``serving/rpn/<version>``), runs its ``serving_default`` signature on the
    held-out image's PNG bytes and draws the top proposals in ``proposals.png``.
+4. Trains a ``FasterRCNN`` (one class: tree) on that RPN, prints pycocotools' AP / AP50 on ``OSBS_029`` and the
+   COCO AR of its proposals beside rpn-tf's recall, exports it (``serving/faster_rcnn/<version>``), serves the
+   image's PNG bytes and draws the detections in ``detections.png``.
 
 Run: ``rpn-tf demo`` or ``python -m rpn_tf.tools.demo [--out DIR] [--epochs N]``.
 """
@@ -23,8 +26,8 @@ import tensorflow as tf  # noqa: E402
 import rpn_tf  # noqa: E402
 from rpn_tf.data import deepforest  # noqa: E402
 from rpn_tf import evaluation  # noqa: E402
-from rpn_tf.tools.train_deepforest import DEFAULT_EPOCHS, DEFAULT_RECIPE, RECIPES, padded, recipe_anchors, \
-    train  # noqa: E402
+from rpn_tf.tools.train_deepforest import DEFAULT_EPOCHS, DEFAULT_RECIPE, DETECTOR_EPOCHS, RECIPES, \
+    format_detector_report, padded, recipe_anchors, train, train_detector  # noqa: E402
 from rpn_tf.tools.visualize import proposals_picture, target_picture, write_png  # noqa: E402
 
 
@@ -69,6 +72,8 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
                         help=f"training epochs (default {DEFAULT_EPOCHS}; 0 skips training)")
     parser.add_argument("--top-n", type=int, default=50, help="proposals drawn in proposals.png")
+    parser.add_argument("--detector-epochs", type=int, default=DETECTOR_EPOCHS,
+                        help=f"then a FasterRCNN on the RPN for this many epochs (default {DETECTOR_EPOCHS}; 0 skips)")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
 
@@ -91,6 +96,30 @@ def main(argv=None):
                                      title=f"recall waterfall on {deepforest.EVAL_IMAGE} ({args.recipe} recipe)")
     print(f"wrote {path}")
     serve_and_draw(model, image, annotation, args.out, args.top_n)
+    if args.detector_epochs > 0:
+        detect_and_draw(model, image, annotation, args.out, args.detector_epochs)
+
+
+def detect_and_draw(rpn, image, annotation, out_dir, epochs):
+    """Step 4: a FasterRCNN on the trained RPN (both stages fine-tuned jointly), pycocotools' AP on OSBS_029, the
+    detector's SavedModel served on the image's PNG bytes, and ``detections.png``."""
+    from rpn_tf.serving import export_saved_model
+
+    print(f"training a FasterRCNN on the RPN for {epochs} epochs ...")
+    detector, report = train_detector(rpn, epochs, out_dir=out_dir)
+    print(format_detector_report(report))
+    export_dir = export_saved_model(detector, os.path.join(out_dir, "serving"), "faster_rcnn")
+    served = tf.saved_model.load(export_dir).signatures["serving_default"]
+    outputs = served(encoded_images=tf.constant([tf.io.encode_png(image).numpy()]))
+    count = int(outputs["num_detections"][0])
+    boxes = outputs["detection_boxes"].numpy()[0, :count]
+    scores = outputs["detection_scores"].numpy()[0, :count]
+    keep = scores >= 0.5
+    path = os.path.join(out_dir, "detections.png")
+    write_png(path, proposals_picture(image, boxes[keep], scores[keep], annotation.boxes))
+    print(f"exported the detector to {export_dir}; served: {count} detections, {int(keep.sum())} scoring >= 0.5 "
+          f"drawn in {path} (yellow, brighter = higher score; GT green)")
+    return report
 
 
 if __name__ == "__main__":

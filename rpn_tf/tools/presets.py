@@ -17,10 +17,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Tuple
 
-# The feature stride of each built-in single-level backbone (the ``simple`` one also takes 4, 8 or 32).
-BACKBONE_STRIDES = {"vgg16": 16, "resnet50": 16, "mobilenet_v2": 16, "simple": 16}
-FPN_BACKBONES = ("resnet50_fpn", "mobilenet_v2_fpn", "simple_fpn")
-BACKBONES = tuple(BACKBONE_STRIDES) + FPN_BACKBONES
+# The built-in backbones and their strides (the ``simple`` one also takes 4, 8 or 32): the modeling's own table.
+from rpn_tf.modeling.backbone_names import BACKBONE_STRIDES, BACKBONES, FPN_BACKBONES  # noqa: E402,F401
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +38,8 @@ class Preset:
     tile_overlap: int = 0
     optimizer: str = "sgd"
     learning_rate: float = 1e-3
+    num_classes: Optional[int] = None  # FasterRCNN's object classes; None: --num-classes is required
+    representation_size: int = 1024  # FasterRCNN's box head: 2 x FC of this size
 
     @property
     def anchor_config(self):
@@ -58,6 +58,7 @@ PRESETS = {
     "deepforest": Preset("tree crowns: simple backbone, 400x400 tiles, stride 8, anchors 20/40/80 px, Adam 0.001, "
                          "--format deepforest", image_size=(400, 400), backbone="simple", scales=(2.5, 5.0, 10.0),
                          ratios=(0.75, 1.0, 4.0 / 3.0), stride=8, head_channels=64, max_boxes=200,
-                         data_format="deepforest", tile_size=400, tile_overlap=100, optimizer="adam"),
+                         data_format="deepforest", tile_size=400, tile_overlap=100, optimizer="adam",
+                         num_classes=1, representation_size=256),
 }
 DEEPFOREST = PRESETS["deepforest"]

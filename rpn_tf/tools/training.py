@@ -11,7 +11,7 @@ import time
 import keras
 import tensorflow as tf
 
-from rpn_tf.tools.cli import build_model, load_dataset
+from rpn_tf.tools.options import build_model, load_dataset
 from rpn_tf.tools.errors import UsageError
 
 STEP_DECAY_AT = 0.75  # the article: 60k iterations at 0.001, then 20k at 0.0001
@@ -142,8 +142,10 @@ def train(args):
                           .batch(args.batch_size).prefetch(tf.data.AUTOTUNE))
         # With validation data the checkpoint is the best model by validation recall@300 (IoU 0.5), else the last.
         monitor = f"val_recall@{model.recall_top_n}_iou0.5" if validation is not None else None
+        if validation is not None and not hasattr(model, "recall_top_n"):  # a FasterRCNN: the lowest loss
+            monitor = "val_loss"
         callbacks = [AtomicCheckpoint(os.path.join(args.out, "checkpoint.keras"), monitor=monitor,
-                                      resume=initial_epoch > 0),
+                                      mode="min" if monitor == "val_loss" else "max", resume=initial_epoch > 0),
                      keras.callbacks.TensorBoard(os.path.join(args.out, "logs")), backup]
         model.fit(dataset, epochs=args.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
                   validation_data=validation, verbose=1 if sys.stdout.isatty() else 2)

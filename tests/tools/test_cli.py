@@ -202,3 +202,31 @@ def test_an_interrupted_command_ends_in_one_line_with_130_or_143(monkeypatch, ca
     assert status == (143 if terminated else 130)
     assert err.count("\n") == 1 and err.startswith(f"interrupted by {'SIGTERM' if terminated else 'Ctrl-C'} "
                                                    f"during {argv[0]}: ")
+
+
+def test_faster_rcnn_train_evaluate_export_predict(tmp_path, capsys):
+    out = tmp_path / "detector"
+    assert cli.main(["train", *SMALL, *MODEL, "--model", "faster_rcnn", "--representation-size", "32",
+                     "--epochs", "1", "--batch-size", "3", "--out", str(out)]) == 0
+    model = str(out / "model.keras")
+    capsys.readouterr()
+    assert cli.main(["evaluate", model, *EVAL_DATA, "--top-n", "100", "--json", str(tmp_path / "e.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "COCO detection metrics" in printed and "AP50:" in printed and "AR@100:" in printed
+    results = json.loads((tmp_path / "e.json").read_text())
+    assert set(results) == {"detection", "proposals"} and 0.0 <= results["detection"]["AP50"] <= 1.0
+    base = tmp_path / "serving"
+    assert cli.main(["export", model, "--base-dir", str(base), "--name", "detector"]) == 0
+    assert (base / "detector" / "1" / "saved_model.pb").exists()
+    image, _ = deepforest.load_deepforest_image(deepforest.EVAL_IMAGE)
+    photo = tmp_path / "photo.png"
+    tf.io.write_file(str(photo), tf.io.encode_png(image[:150, :300]))
+    assert cli.main(["predict", model, str(photo), "--out", str(tmp_path / "pred"), "--top-n", "5"]) == 0
+    record = json.loads((tmp_path / "pred" / "photo_detections.json").read_text())
+    assert len(record["boxes_yxyx"]) == len(record["classes"]) <= 5
+    assert all(box[2] <= 150 and box[3] <= 300 for box in record["boxes_yxyx"])
+
+
+def test_faster_rcnn_needs_its_classes():
+    status, _, err = run_cli("train", "--format", "voc", "--data", ".", "--model", "faster_rcnn")
+    assert status == 2 and "--num-classes is required" in err
