@@ -152,8 +152,9 @@ def _padded_per_class_nms(boxes, scores, config):
     rows_scores = tf.reshape(tf.transpose(scores, [0, 2, 1]), [-1, num_rois])
     rows_scores, order = tf.math.top_k(rows_scores, k=num_rois)
     rows_boxes = tf.gather(rows_boxes, order, batch_dims=1)
+    # strictly above the threshold, as combined NMS; padding ROIs (probability 0) never count
     kept_boxes, kept_scores, kept = padded_nms(rows_boxes, rows_scores, per_class, config.nms_iou,
-                                               valid=rows_scores >= config.score_threshold)
+                                               valid=rows_scores > config.score_threshold)
     slots = tf.range(per_class)[None, :] < kept[:, None]
     kept_scores = tf.where(slots, kept_scores, -1.0)
     kept_boxes = tf.reshape(kept_boxes, [batch, num_classes * per_class, 4])

@@ -141,9 +141,8 @@ def train(args):
                           .map(model.target_encoder, num_parallel_calls=tf.data.AUTOTUNE)
                           .batch(args.batch_size).prefetch(tf.data.AUTOTUNE))
         # With validation data the checkpoint is the best model by validation recall@300 (IoU 0.5), else the last.
-        monitor = f"val_recall@{model.recall_top_n}_iou0.5" if validation is not None else None
-        if validation is not None and not hasattr(model, "recall_top_n"):  # a FasterRCNN: the lowest loss
-            monitor = "val_loss"
+        top_n = getattr(model, "recall_top_n", None)  # a FasterRCNN has none: then the lowest validation loss
+        monitor = None if validation is None else (f"val_recall@{top_n}_iou0.5" if top_n else "val_loss")
         callbacks = [AtomicCheckpoint(os.path.join(args.out, "checkpoint.keras"), monitor=monitor,
                                       mode="min" if monitor == "val_loss" else "max", resume=initial_epoch > 0),
                      keras.callbacks.TensorBoard(os.path.join(args.out, "logs")), backup]
