@@ -22,3 +22,11 @@ from helpers import IMAGE_SIZE  # noqa: E402
 def encoder():
     """The article's encoder at 800×800, seeded."""
     return rpn_tf.RpnTargetEncoder(IMAGE_SIZE, seed=7)
+
+
+@pytest.fixture(scope="session")
+def mirrored_strategy():
+    """One two-replica MirroredStrategy over the two logical CPUs for every test that needs one: each strategy
+    numbers its collective instances from the same start, so a second strategy in the process collides with the
+    first one's synchronized batch norm ("Shape mismatch in the collective instance")."""
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

@@ -191,13 +191,13 @@ def test_padded_and_combined_post_processing_agree():
             np.testing.assert_allclose(ours, theirs, atol=1e-3)
 
 
-def test_mirrored_strategy_fit_and_the_tensorflow_native_loop(tmp_path):
+def test_mirrored_strategy_fit_and_the_tensorflow_native_loop(tmp_path, mirrored_strategy):
     from rpn_tf.modeling.distributed import DistributedTrainer
 
     images, boxes, classes = squares(4)
     data = tf.data.Dataset.from_tensor_slices((images, {"gt_boxes": boxes, "gt_classes": classes})).batch(
         4, drop_remainder=True)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = mirrored_strategy
     with strategy.scope():
         model = small_detector(seed=5)
         model.compile(optimizer=keras.optimizers.Adam(1e-3))

@@ -86,7 +86,7 @@ def test_on_accelerator_labeling_equals_dataset_targets():
     assert np.isfinite(history.history["loss"]).all()
 
 
-def test_mirrored_strategy_matches_single_device():
+def test_mirrored_strategy_matches_single_device(mirrored_strategy):
     images, gt = images_and_boxes(4, GT)
     single = small_model()
     dataset = tf.data.Dataset.from_tensor_slices((images, gt)).map(single.target_encoder).batch(4)
@@ -94,7 +94,7 @@ def test_mirrored_strategy_matches_single_device():
     single.compile(optimizer=keras.optimizers.SGD(0.1))
     single_loss = single.fit(dataset, epochs=1, verbose=0).history["loss"][0]
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = mirrored_strategy
     assert strategy.num_replicas_in_sync == 2
     with strategy.scope():
         mirrored = small_model()
