@@ -15,41 +15,29 @@ only): ``pip install --no-deps tf-models-official==2.20.0 tf-keras==2.21.0 pyyam
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 import time
-import types
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import rpn_tf  # noqa: E402
+from benchmarks.model_garden import INSTALL, import_model_garden  # noqa: E402
 from rpn_tf.modeling.roi_heads import postprocess_detections  # noqa: E402
 
-INSTALL = "pip install --no-deps tf-models-official==2.20.0 tf-keras==2.21.0 pyyaml gin-config"
 
 
 def model_garden():
-    """``(spatial_transform_ops, detection_generator)`` of Model Garden, without its package imports."""
-    try:
-        import official
-    except ImportError:
-        return None
-    base = os.path.dirname(official.__file__)
-    for package in ("vision", "vision/modeling", "vision/modeling/layers", "vision/ops"):
-        name = "official." + package.replace("/", ".")
-        if name not in sys.modules:
-            module = types.ModuleType(name)
-            module.__path__ = [os.path.join(base, package)]
-            sys.modules[name] = module
-    # detection_generator imports preprocess_ops (→ augment → every config, TFDS) for its v1 NMS path only
-    if "official.vision.ops.preprocess_ops" not in sys.modules:
-        sys.modules["official.vision.ops.preprocess_ops"] = types.ModuleType("official.vision.ops.preprocess_ops")
-    return (importlib.import_module("official.vision.ops.spatial_transform_ops"),
-            importlib.import_module("official.vision.modeling.layers.detection_generator"))
+    """``(spatial_transform_ops, detection_generator)`` of Model Garden, or ``None``; ``detection_generator``
+    imports ``preprocess_ops`` (→ augment → every config, TFDS) for its v1 NMS path only, so it stands in empty."""
+    return import_model_garden(("official.vision.ops.spatial_transform_ops",
+                                "official.vision.modeling.layers.detection_generator"),
+                               empty=("official.vision.ops.preprocess_ops",))
 
 
 def timed(function, *args, repeats=10):

@@ -132,7 +132,7 @@ def proposal_metrics_of(truths, proposals, top_ns=(100, 300, 1000)):
         padded = boxes[None] if len(boxes) else np.zeros((1, 1, 4), np.float32)
         for metric in ours:
             metric.update_state(np.asarray(gt, np.float32), padded, np.array([len(boxes)], np.int32))
-    # class-agnostic: pycocotools' useCats=0 still reads only the listed categories' GT boxes, so every box is 1
+    # class-agnostic: every GT box is category 1 (one category listed for pycocotools)
     agnostic = [{**truth, "classes": None} for truth in truths]
     evaluator = _evaluate(coco_ground_truth(agnostic), results, False, top_ns)
     report = {}
@@ -149,13 +149,7 @@ def proposal_metrics_of(truths, proposals, top_ns=(100, 300, 1000)):
 
 
 def _proposals(model, image, config):
-    canvas, scale, valid_size, original_size = model.to_canvas(image)
-    keep = model.proposal_config
-    model.proposal_config = config
-    try:
-        outputs = model.proposals_in_original_pixels(canvas, scale, valid_size, original_size)
-    finally:
-        model.proposal_config = keep
+    outputs = model.proposals_in_original_pixels(*model.to_canvas(image), proposal_config=config)
     return outputs["proposal_boxes"], outputs["proposal_scores"], outputs["num_proposals"]
 
 

@@ -13,6 +13,7 @@ import keras
 import tensorflow as tf
 
 from rpn_tf.config import DetectionConfig, RoiSamplerConfig, config_from_kwargs, config_to_dict
+from rpn_tf.modeling.backbones import feature_list
 from rpn_tf.modeling.metrics import RatioMean
 from rpn_tf.modeling.roi_heads import BoxHead, postprocess_detections, roi_losses
 from rpn_tf.modeling.rpn_model import RPNModel
@@ -85,8 +86,7 @@ class FasterRCNN(keras.Model):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed, name="roi_sampling_seed")
         self.box_head = BoxHead(num_classes, representation_size, num_fc, num_conv, conv_channels, name="box_head")
-        channels = int(self.rpn.backbone.output[0].shape[-1] if isinstance(self.rpn.backbone.output, (list, tuple))
-                       else self.rpn.backbone.output.shape[-1])
+        channels = int(feature_list(self.rpn.backbone.output)[0].shape[-1])
         self.box_head.build((None, None, self.roi_output_size, self.roi_output_size, channels))
         self.trackers = {name: RatioMean(name=name) for name in (
             "loss", "rpn_loss", "roi_classification_loss", "roi_box_loss", "roi_accuracy")}
@@ -158,12 +158,6 @@ class FasterRCNN(keras.Model):
                 "detection_scores": detections["detection_scores"],
                 "detection_classes": detections["detection_classes"],
                 "num_detections": tf.cast(detections["num_detections"], tf.float32), "image_scale": image_scale}
-
-    served_outputs = (*DETECTION_OUTPUTS, "image_scale")
-
-    def outputs_in_original_pixels(self, canvas, image_scale, valid_size, original_size):
-        """The served outputs (``rpn_tf.serving``): ``detections_in_original_pixels``."""
-        return self.detections_in_original_pixels(canvas, image_scale, valid_size, original_size)
 
     def predict_step(self, data):
         """Raw images ``[B, H0, W0, 3]`` of any size (or ``{"image": ...}``) → detections in their own pixels."""

@@ -295,10 +295,11 @@ class RPNModel(keras.Model):
                 tf.tile(tf.cast(valid_size, tf.float32)[None], tf.concat([batch, [1]], 0)),
                 tf.tile(original_size[None], tf.concat([batch, [1]], 0)))
 
-    def proposals_in_original_pixels(self, canvas, image_scale, valid_size, original_size):
+    def proposals_in_original_pixels(self, canvas, image_scale, valid_size, original_size, proposal_config=None):
         """Proposals of canvas images mapped back to each original image's pixels (clipped to it).
 
-        Args: ``canvas`` ``[B, H, W, 3]``; float32 ``[B, 2]`` ``image_scale``, ``valid_size``, ``original_size``.
+        Args: ``canvas`` ``[B, H, W, 3]``; float32 ``[B, 2]`` ``image_scale``, ``valid_size``, ``original_size``;
+        ``proposal_config`` overrides the model's (e.g. more proposals for an evaluation).
 
         Returns:
           dict: ``proposal_boxes`` ``[B, N, 4]`` yxyx original pixels (zeros past ``num_proposals``),
@@ -306,7 +307,7 @@ class RPNModel(keras.Model):
           ``objectness_logits`` / ``box_deltas``.
         """
         outputs = self(canvas, training=False)
-        proposals = self.propose(outputs, training=False, valid_sizes=valid_size)
+        proposals = self.propose(outputs, training=False, proposal_config=proposal_config, valid_sizes=valid_size)
         boxes = proposals["boxes"] / tf.concat([image_scale, image_scale], axis=1)[:, None, :]
         boxes = clip_boxes(boxes, original_size)
         valid = tf.range(tf.shape(boxes)[1])[None, :] < proposals["num_proposals"][:, None]
