@@ -5,8 +5,9 @@ Sub-packages follow the data (see ``docs/architecture.md``):
   ``rpn_tf.ops``       pure TensorFlow: anchors → box ops / ``BoxCoder`` → matching → sampling → targets → NMS /
                        proposals → ROI sampling → ROI Align
   ``rpn_tf.data``      input adapters, tiling, and the ``RpnTargetEncoder`` ``dataset.map`` transform
-  ``rpn_tf.modeling``  backbones, ``RpnHead``, losses, metrics, ``RPNModel``, and the detector on it:
-                       ``FasterRCNN`` (``BoxHead``, ROI losses, detection post-processing)
+  ``rpn_tf.modeling``  the RPN's parts (backbones, ``RpnHead``, ``RpnLoss``, ``ProposalGenerator``; ``rpn_parts``),
+                       ``RPNModel`` (their assembly), metrics, ``fitting.train_model`` (the one training entry
+                       point), and the detector on it: ``FasterRCNN`` (``BoxHead``, ROI losses, post-processing)
   ``rpn_tf.serving``   the served graph, the SavedModel exporter, the TF Serving client
   ``rpn_tf.tools``     the ``rpn-tf`` CLI, the demo, the deepforest training recipe
   ``rpn_tf.evaluation`` recall@N / AR@N and the recall waterfall; ``rpn_tf.coco_eval``: COCO AP / AR by pycocotools
@@ -29,12 +30,14 @@ _LAZY = {
     "DistributedTrainer": "rpn_tf.modeling.distributed",
     "MultiLevelAnchorConfig": "rpn_tf.config",
     "ProposalConfig": "rpn_tf.config",
+    "ProposalGenerator": "rpn_tf.modeling.proposal_generator",
     "ProposalRecall": "rpn_tf.modeling.metrics",
     "RPNModel": "rpn_tf.modeling.rpn_model",
     "ResizeConfig": "rpn_tf.config",
     "RoiSampler": "rpn_tf.ops.roi_sampling",
     "RoiSamplerConfig": "rpn_tf.config",
     "RpnHead": "rpn_tf.modeling.head",
+    "RpnLoss": "rpn_tf.modeling.losses",
     "RpnTargetAssigner": "rpn_tf.ops.targets",
     "RpnTargetEncoder": "rpn_tf.data.encoder",
     "TargetConfig": "rpn_tf.config",

@@ -9,7 +9,8 @@ again. See ``docs/conventions.md`` for the conventions.
 """
 
 from rpn_tf.config.anchors import (DEFAULT_IMAGE_SIZE, DEFAULT_RATIOS, DEFAULT_SCALES, DEFAULT_STRIDE,  # noqa: F401
-                                   AnchorConfig, AnyAnchorConfig, MultiLevelAnchorConfig, as_anchor_config,
+                                   AnchorConfig, AnyAnchorConfig, MultiLevelAnchorConfig, anchor_config_to_dict,
+                                   as_anchor_config,
                                    validate_image_size)
 from rpn_tf.config.fields import config_from_kwargs, config_to_dict  # noqa: F401
 from rpn_tf.config.resize import RESIZE_POLICIES, ResizeConfig, as_resize_config  # noqa: F401

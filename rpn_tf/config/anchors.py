@@ -111,12 +111,26 @@ AnyAnchorConfig = Union[AnchorConfig, MultiLevelAnchorConfig]
 
 
 def as_anchor_config(anchor_config) -> AnyAnchorConfig:
-    """Accepts an ``AnchorConfig``, a ``MultiLevelAnchorConfig`` or a sequence of ``AnchorConfig`` levels."""
+    """Accepts an ``AnchorConfig``, a ``MultiLevelAnchorConfig``, a sequence of ``AnchorConfig`` levels, or their
+    serialized form (``anchor_config_to_dict``: one level's fields, or ``{"levels": [...]}``)."""
     if isinstance(anchor_config, (AnchorConfig, MultiLevelAnchorConfig)):
         return anchor_config
+    if isinstance(anchor_config, dict):
+        if "levels" in anchor_config:
+            return MultiLevelAnchorConfig(tuple(AnchorConfig(**level) for level in anchor_config["levels"]))
+        return AnchorConfig(**anchor_config)
     if isinstance(anchor_config, Sequence) and not isinstance(anchor_config, str):
         return MultiLevelAnchorConfig(tuple(anchor_config))
     raise TypeError(
         "anchor_config must be an AnchorConfig, a MultiLevelAnchorConfig or a sequence of AnchorConfig, "
         f"got {type(anchor_config).__name__}"
     )
+
+
+def anchor_config_to_dict(anchor_config) -> dict:
+    """JSON-ready data of an anchor config (``as_anchor_config`` reads it back): one level's fields, or
+    ``{"levels": [...]}`` for a ``MultiLevelAnchorConfig``."""
+    anchor_config = as_anchor_config(anchor_config)
+    levels = [{"stride": level.stride, "scales": list(level.scales), "ratios": list(level.ratios)}
+              for level in anchor_config.levels]
+    return levels[0] if isinstance(anchor_config, AnchorConfig) else {"levels": levels}

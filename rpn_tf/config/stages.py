@@ -209,6 +209,8 @@ class DetectionConfig:
       nms_iou: per-class NMS IoU threshold (0.5).
       max_detections: detections kept per image, over all classes (100).
       max_detections_per_class: kept per class before the total cut (100).
+      min_size: class boxes (after decoding and clipping) narrower or lower than this many canvas pixels are
+        dropped before NMS (0.01: torchvision's ``remove_small_boxes``; only degenerate boxes).
       nms: ``"combined"`` (``tf.image.combined_non_max_suppression``: per-class NMS, no XLA kernel), ``"padded"``
         (rpn-tf's XLA-compilable NMS over all classes at once, boxes of different classes never suppressing each
         other) or ``"auto"`` (default: ``"padded"`` when the model's steps are XLA-compiled).
@@ -218,6 +220,7 @@ class DetectionConfig:
     nms_iou: float = 0.5
     max_detections: int = 100
     max_detections_per_class: int = 100
+    min_size: float = 0.01
     nms: str = "auto"
 
     def __post_init__(self):
@@ -226,5 +229,9 @@ class DetectionConfig:
         object.__setattr__(self, "nms_iou", _fraction(owner, "nms_iou", self.nms_iou, low_open=True))
         for name in ("max_detections", "max_detections_per_class"):
             object.__setattr__(self, name, _positive_int(owner, name, getattr(self, name)))
+        if isinstance(self.min_size, bool) or not isinstance(self.min_size, (int, float)) or \
+                not 0 <= self.min_size < float("inf"):
+            raise ValueError(f"DetectionConfig.min_size must be a finite number >= 0, got {self.min_size!r}")
+        object.__setattr__(self, "min_size", float(self.min_size))
         if self.nms not in NMS_IMPLEMENTATIONS:
             raise ValueError(f"DetectionConfig.nms must be one of {NMS_IMPLEMENTATIONS}, got {self.nms!r}")

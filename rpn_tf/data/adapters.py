@@ -6,7 +6,8 @@ which ``RpnTargetEncoder`` maps directly (``dataset.map(encoder)``). Images are 
 ``dataset.map(..., num_parallel_calls=AUTOTUNE)``; only annotations are held in memory.
 
 Classes: 0 is background in rpn-tf, so object classes start at 1 (TFDS labels are shifted by +1; VOC names map
-to 1..K in ``class_names`` order; COCO category ids are kept as they are, they start at 1).
+to 1..K in ``class_names`` order; COCO category ids are kept as they are, they start at 1, or renumbered 1..K with
+``from_coco(..., category_ids="contiguous")``).
 
 Bad input raises an error naming the file or record. Adapters reading annotation files take
 ``on_error="skip"`` to drop bad records instead; the number dropped (and why) is in the returned

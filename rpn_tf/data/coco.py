@@ -12,9 +12,17 @@ from rpn_tf.data.records import SkipReport, check_boxes, check_declared_size, ch
     verify_image_file
 
 
+CATEGORY_IDS = ("raw", "contiguous")
+
+
 def from_coco(annotation_file, image_dir, on_error="raise", num_parallel_calls=tf.data.AUTOTUNE,
-              verify_images=None):
+              verify_images=None, category_ids="raw"):
     """COCO instances JSON (``bbox`` is ``[x, y, w, h]``) → ``(dataset, SkipReport)``.
+
+    ``category_ids="raw"`` (default) keeps COCO's ``category_id`` as the class (COCO's run 1…90 with gaps — fine
+    for an RPN, which ignores classes); ``"contiguous"`` maps the file's ``categories`` in ascending id order to
+    1…K, as a detector head needs (``FasterRCNN(num_classes=K)``; detectron2 does the same), and the mapping is in
+    ``report.categories`` (class → ``{"id", "name"}``). An annotation whose category is not listed is an error.
 
     ``iscrowd`` boxes are excluded (they mark crowds, not instances; as in COCO training practice they are neither
     positives nor counted) and counted in the report. Images without annotations are kept (all-background).
@@ -24,6 +32,8 @@ def from_coco(annotation_file, image_dir, on_error="raise", num_parallel_calls=t
     ``on_error="skip"``) decodes every image once up front, so that corrupt image data is named (and skipped)
     here rather than failing later inside ``tf.data`` without the file name."""
     check_on_error(on_error)
+    if category_ids not in CATEGORY_IDS:
+        raise ValueError(f"category_ids must be one of {CATEGORY_IDS}, got {category_ids!r}")
     verify_images = on_error == "skip" if verify_images is None else verify_images
     try:
         with open(annotation_file) as file:
@@ -34,6 +44,14 @@ def from_coco(annotation_file, image_dir, on_error="raise", num_parallel_calls=t
         if key not in coco:
             raise ValueError(f"{annotation_file}: missing '{key}'")
     report = SkipReport()
+    class_of = None
+    if category_ids == "contiguous":
+        if not isinstance(coco.get("categories"), list) or not coco["categories"]:
+            raise ValueError(f"{annotation_file}: category_ids='contiguous' needs a non-empty 'categories' list")
+        listed = sorted(coco["categories"], key=lambda category: category["id"])
+        class_of = {category["id"]: index + 1 for index, category in enumerate(listed)}
+        report.categories = {index + 1: {"id": category["id"], "name": category.get("name")}
+                             for index, category in enumerate(listed)}
     by_image = collections.defaultdict(list)
     for annotation in coco["annotations"]:
         by_image[annotation.get("image_id")].append(annotation)
@@ -72,7 +90,11 @@ def from_coco(annotation_file, image_dir, on_error="raise", num_parallel_calls=t
                                      "[x, y, width, height], 4 numbers")
                 x, y, w, h = bbox
                 boxes.append([y, x, y + h, x + w])
-                classes.append(int(annotation["category_id"]))
+                category = annotation["category_id"]
+                if class_of is not None and category not in class_of:
+                    raise ValueError(f"{name}: annotation {annotation.get('id')} has category_id {category!r}, "
+                                     "which 'categories' does not list")
+                classes.append(class_of[category] if class_of is not None else int(category))
             check_boxes(boxes, (image["height"], image["width"]), name)
             records.append((path, boxes, classes))
         except ValueError as error:

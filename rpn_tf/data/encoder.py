@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from rpn_tf.config import DEFAULT_IMAGE_SIZE, AnchorConfig, TargetConfig, as_anchor_config, as_resize_config, \
-    config_from_kwargs, validate_image_size
+from rpn_tf.config import DEFAULT_IMAGE_SIZE, AnchorConfig, TargetConfig, anchor_config_to_dict, as_anchor_config, \
+    as_resize_config, config_from_kwargs, config_to_dict, validate_image_size
 from rpn_tf.data.gt_boxes import check_boxes_in_image, classes_for, drop_padding_rows, pad_boxes, to_yxyx_pixels, \
     validate_gt_boxes
 from rpn_tf.data.resize import prepare_image, resize_to_canvas
@@ -49,6 +49,17 @@ class RpnTargetEncoder:
         self._anchors = generate_anchors(self.image_size, self.anchor_config)
         self.assigner = RpnTargetAssigner(self._anchors.numpy(), self.image_size, self.config,
                                           anchor_cell_origins(self.image_size, self.anchor_config))
+
+    def get_config(self):
+        """The encoder's arguments as JSON-ready data: ``from_config`` rebuilds the same encoder. (Registered with
+        Keras's serialization by ``rpn_tf.modeling.rpn_parts``, which ``import rpn_tf`` imports, so
+        ``keras.saving.serialize_keras_object`` stores one.)"""
+        return {"image_size": list(self.image_size), "anchor_config": anchor_config_to_dict(self.anchor_config),
+                "config": config_to_dict(self.config), "resize": config_to_dict(self.resize)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
     @property
     def anchors(self) -> tf.Tensor:

@@ -30,10 +30,12 @@ BOX_TOLERANCE = 1.0  # pixels a box may extend past the image border before it c
 @dataclasses.dataclass
 class SkipReport:
     """What an adapter left out: ``skipped`` records (file → reason) and ``excluded_boxes`` counts by reason
-    (e.g. COCO ``iscrowd``, VOC ``difficult``)."""
+    (e.g. COCO ``iscrowd``, VOC ``difficult``), and ``categories`` (class id → source category) where an adapter
+    renumbers classes."""
 
     skipped: Dict[str, str] = dataclasses.field(default_factory=dict)
     excluded_boxes: Dict[str, int] = dataclasses.field(default_factory=lambda: collections.Counter())
+    categories: Dict[int, dict] = dataclasses.field(default_factory=dict)
 
     def log(self, source):
         if self.skipped:

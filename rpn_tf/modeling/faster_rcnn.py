@@ -14,16 +14,23 @@ import tensorflow as tf
 
 from rpn_tf.config import DetectionConfig, RoiSamplerConfig, config_from_kwargs, config_to_dict
 from rpn_tf.modeling.backbones import feature_list
+from rpn_tf.modeling.losses import global_sum
 from rpn_tf.modeling.metrics import RatioMean
 from rpn_tf.modeling.roi_heads import BoxHead, postprocess_detections, roi_losses
 from rpn_tf.modeling.rpn_model import RPNModel
 from rpn_tf.ops.box_ops import clip_boxes, convert_boxes
+from rpn_tf.ops.matching import valid_gt_mask
 from rpn_tf.ops.roi_align import multilevel_roi_align
 from rpn_tf.ops.roi_sampling import RoiSampler
 
 DETECTION_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 # keras.utils.bounding_boxes names: "rel_" = coordinates in [0, 1] units of the image (here: the canvas) size.
 BOUNDING_BOX_FORMATS = ("yxyx", "xyxy", "xywh", "rel_yxyx", "rel_xyxy", "rel_xywh")
+
+
+def _replicas_in_sync():
+    context = tf.distribute.get_replica_context()
+    return context.num_replicas_in_sync if context is not None else 1
 
 
 @keras.saving.register_keras_serializable(package="rpn_tf")
@@ -189,10 +196,17 @@ class FasterRCNN(keras.Model):
         if "gt_boxes" not in targets or "gt_classes" not in targets:
             raise ValueError(f"FasterRCNN targets need 'gt_boxes' and 'gt_classes'; got {sorted(targets)}")
         targets["gt_classes"] = tf.cast(targets["gt_classes"], tf.int32)
-        check = tf.debugging.assert_less_equal(
-            tf.reduce_max(tf.concat([tf.reshape(targets["gt_classes"], [-1]), [-1]], 0)), self.num_classes,
+        classes = tf.reshape(targets["gt_classes"], [-1])
+        too_high = tf.debugging.assert_less_equal(
+            tf.reduce_max(tf.concat([classes, [-1]], 0)), self.num_classes,
             message=f"gt_classes hold a class id above num_classes={self.num_classes} (ids are 1..num_classes)")
-        with tf.control_dependencies([check]):
+        # a real box of class 0 would train as background: 0-based ids (KerasHub's) need + 1
+        real = tf.reshape(valid_gt_mask(tf.cast(targets["gt_boxes"], tf.float32)), [-1])
+        too_low = tf.debugging.assert_greater_equal(
+            tf.reduce_min(tf.concat([tf.where(real, classes, 1), [1]], 0)), 1,
+            message="gt_classes hold a class id below 1 for a real box: object classes are 1..num_classes (0 is "
+                    "background, -1 padding); shift 0-based class ids by + 1")
+        with tf.control_dependencies([too_high, too_low]):
             targets["gt_classes"] = tf.identity(targets["gt_classes"])
         if "rpn_labels" not in targets and "rpn_sample_indices" not in targets:
             targets = self.rpn.encode_targets(targets)
@@ -201,29 +215,39 @@ class FasterRCNN(keras.Model):
     def _detector_losses(self, images, targets, training):
         features = self.rpn.features(images, training=training)
         outputs = self.rpn.head_outputs(features)
-        rpn_loss, _ = self.rpn.rpn_loss_terms(targets, outputs)
+        rpn_loss, rpn_terms = self.rpn.rpn_loss_terms(targets, outputs)
         valid_sizes = targets.get("valid_size")
         if valid_sizes is not None:
             valid_sizes = tf.cast(valid_sizes, tf.float32)
         proposals = self.rpn.propose({key: tf.stop_gradient(value) for key, value in outputs.items()},
                                      training=True, proposal_config=self._proposal_config(), valid_sizes=valid_sizes)
-        batch = tf.shape(images)[0]
-        seeds = tf.random.stateless_uniform([batch, 2], tf.cast(self.seed_generator.next(), tf.int32),
-                                            maxval=2 ** 31 - 1, dtype=tf.int32)
         samples = self.roi_sampler(proposals["boxes"], targets["gt_boxes"], targets["gt_classes"],
-                                   proposals["num_proposals"], seeds=tf.cast(seeds, tf.int64))
+                                   proposals["num_proposals"], seeds=self._sampling_seeds(tf.shape(images)[0]))
         logits, deltas = self.box_head(self._roi_features(features, samples["rois"]))
         classification_sum, box_sum, num_sampled, num_correct = roi_losses(
             logits, deltas, samples["roi_classes"], samples["roi_deltas"], self.smooth_l1_beta)
-        denominator = tf.maximum(num_sampled, 1.0)
-        roi_loss = (classification_sum + box_sum) / denominator
+        # normalized by the sampled ROIs of the *global* batch, as the RPN's loss (RpnLoss): under tf.distribute the
+        # replicas' gradients sum to the single-device ones
+        roi_loss = (classification_sum + box_sum) / tf.maximum(global_sum(num_sampled), 1.0)
         loss = self.rpn_loss_weight * rpn_loss + roi_loss
-        self.trackers["loss"].update_state(loss, 1.0)
-        self.trackers["rpn_loss"].update_state(rpn_loss, 1.0)
+        rpn_objectness, rpn_box, _, _, rpn_count = rpn_terms
+        # every tracker is a ratio of sums aggregated over replicas; each replica's loss is its share of the step's
+        # loss, so the shares' weights (1 / replicas) sum to one step
+        self.trackers["loss"].update_state(loss, 1.0 / _replicas_in_sync())
+        self.trackers["rpn_loss"].update_state(rpn_objectness + self.rpn.rpn_loss.box_loss_weight * rpn_box,
+                                               rpn_count)
         self.trackers["roi_classification_loss"].update_state(classification_sum, num_sampled)
         self.trackers["roi_box_loss"].update_state(box_sum, num_sampled)
         self.trackers["roi_accuracy"].update_state(num_correct, num_sampled)
         return loss
+
+    def _sampling_seeds(self, batch):
+        """int64 ``[B, 2]`` ROI-sampling seeds: one draw of the model's ``SeedGenerator`` per step, with the replica's
+        id folded in, so that replicas of a ``tf.distribute`` step sample differently."""
+        context = tf.distribute.get_replica_context()
+        replica = tf.cast(context.replica_id_in_sync_group, tf.int32) if context is not None else 0
+        base = tf.cast(self.seed_generator.next(), tf.int32) + tf.stack([0, replica])
+        return tf.cast(tf.random.stateless_uniform([batch, 2], base, maxval=2 ** 31 - 1, dtype=tf.int32), tf.int64)
 
     @property
     def metrics(self):

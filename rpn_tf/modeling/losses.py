@@ -7,6 +7,7 @@ single-device ones.
 
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 
 from rpn_tf.ops.box_ops import iou_matrix
@@ -90,6 +91,7 @@ def global_sum(value):
     return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
+@keras.saving.register_keras_serializable(package="rpn_tf")
 class RpnLoss:
     """The RPN's training loss, configured once: ``(objectness + box_loss_weight · box) / normalizer``.
 
@@ -139,3 +141,14 @@ class RpnLoss:
         count = num_positive if self.objectness_loss == "focal" else num_sampled
         loss = (objectness_sum + self.box_loss_weight * box_sum) / tf.maximum(global_sum(count), 1.0)
         return loss, (objectness_sum, box_sum, num_sampled, num_correct, count)
+
+    def get_config(self):
+        return {"objectness_loss": self.objectness_loss, "focal_gamma": self.focal_gamma,
+                "focal_alpha": self.focal_alpha, "smooth_l1_beta": self.smooth_l1_beta,
+                "box_loss_weight": self.box_loss_weight, "negative_sampling": self.negative_sampling,
+                "samples_per_image": self.samples_per_image, "positive_fraction": self.positive_fraction,
+                "objectness_target": self.objectness_target}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

@@ -111,7 +111,8 @@ def roi_losses(class_logits, box_deltas, roi_classes, roi_deltas, smooth_l1_beta
 
 def postprocess_detections(rois, num_rois, class_logits, box_deltas, box_coder, valid_sizes,
                            config: DetectionConfig, nms="combined"):
-    """Class-specific boxes → per-class NMS → at most ``config.max_detections`` detections per image.
+    """Class-specific boxes → clipped → boxes under ``config.min_size`` dropped → per-class NMS → at most
+    ``config.max_detections`` detections per image.
 
     Args:
       rois: ``[B, R, 4]`` yxyx canvas pixels (the proposals); ``num_rois`` int ``[B]`` valid ones.
@@ -131,6 +132,8 @@ def postprocess_detections(rois, num_rois, class_logits, box_deltas, box_coder, 
     probabilities = tf.where(valid[..., None], probabilities, 0.0)
     boxes = box_coder.decode(box_deltas, tf.tile(rois[:, :, None, :], [1, 1, num_classes, 1]))
     boxes = clip_boxes(boxes, tf.reshape(valid_sizes, [-1, 1, 2]))  # (B, R, K, 4)
+    large_enough = tf.minimum(boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]) >= config.min_size
+    probabilities = tf.where(large_enough, probabilities, 0.0)  # below every threshold: never a detection
     max_total, per_class = config.max_detections, config.max_detections_per_class
     if nms == "combined":
         out_boxes, scores, classes, count = tf.image.combined_non_max_suppression(

@@ -10,17 +10,14 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from rpn_tf.config import DEFAULT_IMAGE_SIZE, AnchorConfig, MultiLevelAnchorConfig, ProposalConfig, TargetConfig, \
-    as_anchor_config, as_resize_config, config_from_kwargs, config_to_dict, validate_image_size
-from rpn_tf.data.encoder import RpnTargetEncoder
+from rpn_tf.config import DEFAULT_IMAGE_SIZE, ProposalConfig, anchor_config_to_dict, config_from_kwargs, config_to_dict
 from rpn_tf.data.resize import resize_to_canvas
-from rpn_tf.modeling.backbones import ImagePreprocessing, build_backbone, check_input_size, feature_list
-from rpn_tf.modeling.head import RpnHead
-from rpn_tf.modeling.losses import RpnLoss, decoded_iou
+from rpn_tf.modeling.backbones import check_input_size, feature_list
+from rpn_tf.modeling.losses import decoded_iou
 from rpn_tf.modeling.metrics import ProposalRecall, RatioMean
-from rpn_tf.ops.anchors import anchors_per_level
+from rpn_tf.modeling.proposal_generator import ProposalGenerator
+from rpn_tf.modeling.rpn_parts import assemble_parts, build_rpn_parts, check_parts, deserialize_parts
 from rpn_tf.ops.box_ops import clip_boxes
-from rpn_tf.ops.proposals import generate_proposals
 
 TARGET_KEYS = ("rpn_labels", "rpn_deltas")
 SPARSE_TARGET_KEYS = ("rpn_sample_indices", "rpn_sample_labels", "rpn_sample_deltas")
@@ -42,6 +39,10 @@ class RPNModel(keras.Model):
     ``[B, M, 4]`` — then ``train_step`` labels the batch itself with ``self.target_encoder`` (on the accelerator).
     ``evaluate`` also reports proposal recall when ``gt_boxes`` are present. With ``compile(jit_compile=True)``
     every step (``fit``, ``evaluate``, ``predict``) compiles whole under XLA (``ProposalConfig.nms="padded"``).
+
+    The model is an assembly of standalone parts (``rpn_tf.modeling.rpn_parts``: ``preprocessing``, ``backbone``,
+    ``target_encoder`` — anchors and targets —, ``head``, ``rpn_loss``, ``proposal_generator``), built here from
+    the arguments below and checked against each other once; ``RPNModel.from_parts`` assembles parts of your own.
 
     Args:
       image_size: ``(height, width)`` of the network's input canvas.
@@ -75,70 +76,61 @@ class RPNModel(keras.Model):
       objectness_target: ``"binary"`` (default: the article's 1 for positives, 0 for negatives) or ``"iou"``:
         a positive's target is the IoU of its decoded predicted box with its GT box (no gradient through it), so
         scores rank boxes by how well they fit (IoU-aware objectness; ``docs/recipes.md``).
+      parts: ``RpnParts`` (or their serialized form) instead of the arguments above: ``from_parts`` passes them.
     """
 
     def __init__(self, image_size=DEFAULT_IMAGE_SIZE, anchor_config=None, backbone="vgg16", backbone_stride=None,
                  weights=None, freeze_backbone_layers=0, preprocessing=None, head_channels=None,
                  box_loss_weight=1.0, smooth_l1_beta=1.0 / 9.0, target_encoder_config=None, proposal_config=None,
                  recall_top_n=300, resize=None, objectness_loss="bce", focal_gamma=2.0, focal_alpha=0.25,
-                 negative_sampling="random", objectness_target="binary", **kwargs):
+                 negative_sampling="random", objectness_target="binary", parts=None, **kwargs):
         super().__init__(**kwargs)
-        self.image_size = validate_image_size(image_size)
-        self.resize = as_resize_config(resize)
-        target_config = target_encoder_config if isinstance(target_encoder_config, TargetConfig) else \
-            config_from_kwargs(TargetConfig, None, target_encoder_config)
-        if negative_sampling == "hard" and target_config.target_format == "sparse":
-            raise ValueError("negative_sampling='hard' mines among every labeled anchor, which needs dense targets: "
-                             "use TargetConfig(target_format='dense')")
-        if negative_sampling == "hard" and target_config.sampling != "none":
-            target_config = dataclasses.replace(target_config, sampling="none")  # the loss samples itself
-        self.rpn_loss = RpnLoss(objectness_loss, focal_gamma, focal_alpha, smooth_l1_beta, box_loss_weight,
-                                negative_sampling, target_config.samples_per_image, target_config.positive_fraction,
-                                objectness_target)
-        self.recall_top_n = int(recall_top_n)
+        if parts is None:
+            parts = build_rpn_parts(image_size, anchor_config, backbone, backbone_stride, weights,
+                                    freeze_backbone_layers, preprocessing, head_channels, box_loss_weight,
+                                    smooth_l1_beta, target_encoder_config, proposal_config, resize, objectness_loss,
+                                    focal_gamma, focal_alpha, negative_sampling, objectness_target)
+            self.backbone_name = backbone if isinstance(backbone, str) else None
+            self._from_parts = False
+        else:  # from_parts, or a from_parts model's config
+            if freeze_backbone_layers:
+                raise ValueError("freeze_backbone_layers applies to a backbone built from arguments; with parts, "
+                                 "set trainable=False on your backbone's layers")
+            if isinstance(parts, dict):
+                parts = assemble_parts(**deserialize_parts(parts))
+            self.backbone_name, self._from_parts = None, True
         self.freeze_backbone_layers = int(freeze_backbone_layers)
+        self.recall_top_n = int(recall_top_n)
+        self._assemble(parts)
 
-        if isinstance(backbone, dict):  # from get_config
-            backbone = keras.saving.deserialize_keras_object(backbone)
-        if isinstance(anchor_config, dict):
-            anchor_config = MultiLevelAnchorConfig(tuple(AnchorConfig(**level) for level in anchor_config["levels"])) \
-                if "levels" in anchor_config else AnchorConfig(**anchor_config)
-        if backbone == "simple" and backbone_stride is None:  # the small backbone is built for the anchors' stride
-            backbone_stride = (anchor_config or AnchorConfig()).stride
-        self.backbone, strides, mode = build_backbone(backbone, self.image_size, weights, backbone_stride,
-                                                      self.freeze_backbone_layers)
-        self.backbone_name = backbone if isinstance(backbone, str) else None
-        self.backbone_strides = strides
-        if anchor_config is None:
-            anchor_config = AnchorConfig() if len(strides) == 1 else MultiLevelAnchorConfig.fpn(strides)
-        self.anchor_config = as_anchor_config(anchor_config)
-        levels = self.anchor_config.levels
-        if tuple(level.stride for level in levels) != strides:
-            raise ValueError(f"the backbone's feature strides are {strides} but the anchor levels' strides are "
-                             f"{tuple(level.stride for level in levels)}")
-        if len({level.num_anchors_per_location for level in levels}) != 1:
-            raise ValueError("every anchor level needs the same number of anchors per location (one shared head)")
-        outputs = feature_list(self.backbone.output)
-        for level, output in zip(levels, outputs):
-            expected = level.feature_map_size(self.image_size)
-            if tuple(output.shape[1:3]) != expected:
-                raise ValueError(f"the backbone maps {self.image_size} to a {tuple(output.shape[1:3])} feature map at "
-                                 f"stride {level.stride} but the anchors need {expected} (ceil(size / stride))")
-        if proposal_config is None and len(levels) > 1:
-            proposal_config = ProposalConfig.fpn()
-        self.proposal_config = config_from_kwargs(ProposalConfig, proposal_config)
+    @classmethod
+    def from_parts(cls, backbone, target_encoder, head=None, loss=None, proposal_generator=None, preprocessing=None,
+                   recall_top_n=300, **kwargs):
+        """An RPN assembled from parts of your own (``rpn_tf.modeling.rpn_parts``): a ``keras.Model`` backbone
+        (one map or a list / dict of maps), an ``RpnTargetEncoder`` (canvas size, anchors, targets), and optionally
+        an ``RpnHead`` (default the article's), an ``RpnLoss`` (default BCE + smooth-L1), a ``ProposalGenerator``
+        (default on the encoder's anchors and box coder: the article's settings for one level,
+        ``ProposalConfig.fpn()`` for several) and an ``ImagePreprocessing`` (default
+        ``"none"``: the backbone takes 0–255 pixels). The parts are checked against each other once
+        (``check_parts``); the model saves and loads as any ``RPNModel`` (its config holds each part's)."""
+        return cls(image_size=None, parts=assemble_parts(backbone, target_encoder, head, loss, proposal_generator,
+                                                         preprocessing), recall_top_n=recall_top_n, **kwargs)
+
+    def _assemble(self, parts):
+        check_parts(parts)
+        self._parts = parts
+        self.image_size = parts.image_size
+        self.preprocessing, self.backbone, self.head = parts.preprocessing, parts.backbone, parts.head
+        self.target_encoder, self.rpn_loss = parts.target_encoder, parts.loss
+        self.proposal_generator = parts.proposal_generator
+        self.backbone_strides = tuple(parts.backbone_strides)
+        self.resize = self.target_encoder.resize
+        self.anchor_config = self.target_encoder.anchor_config
+        self.level_sizes = self.proposal_generator.level_sizes
+        self.num_anchors = self.target_encoder.num_anchors
         # tf.image.combined_non_max_suppression has no XLA kernel: with nms="combined" Keras runs the steps without
         # XLA (jit_compile=True then warns and falls back).
         self.supports_jit = self.proposal_config.nms != "combined"
-        self.level_sizes = anchors_per_level(self.image_size, self.anchor_config)
-        self.preprocessing = ImagePreprocessing(preprocessing or mode, name="preprocessing")
-        if head_channels is None:
-            head_channels = 512 if len(levels) == 1 else int(outputs[0].shape[-1])
-        self.head = RpnHead(levels[0].num_anchors_per_location, head_channels, name="rpn_head")
-        self.target_encoder = RpnTargetEncoder(self.image_size, self.anchor_config, target_config,
-                                               resize=self.resize)
-        self.num_anchors = self.target_encoder.num_anchors
-
         self.loss_tracker = RatioMean(name="loss")
         self.objectness_loss_tracker = RatioMean(name="rpn_objectness_loss")
         self.box_loss_tracker = RatioMean(name="rpn_box_loss")
@@ -148,14 +140,36 @@ class RPNModel(keras.Model):
         self.build()
 
     @property
+    def parts(self):
+        """The ``RpnParts`` this model assembles (preprocessing, backbone, target encoder, head, loss, proposal
+        generator)."""
+        return self._parts
+
+    @property
+    def proposal_config(self):
+        """The proposal generator's ``ProposalConfig`` (``predict``, recall, export); assigning one (or a dict of its
+        fields) replaces the generator by one with the same anchors and box coder."""
+        return self.proposal_generator.config
+
+    @proposal_config.setter
+    def proposal_config(self, config):
+        generator = self.proposal_generator
+        self.proposal_generator = ProposalGenerator(generator.image_size, generator.anchor_config,
+                                                    config_from_kwargs(ProposalConfig, config), generator.box_coder)
+        self._parts = dataclasses.replace(self._parts, proposal_generator=self.proposal_generator)
+        self.supports_jit = self.proposal_config.nms != "combined"
+
+    @property
     def backbone_stride(self) -> int:
         """The stride of a single-level backbone (the finest level's for a pyramid)."""
         return self.backbone_strides[0]
 
     def build(self, input_shape=None):
         """Builds every layer from the static input size (``input_shape`` is implied by ``image_size``)."""
-        self.preprocessing.build((None, *self.image_size, 3))
-        self.head.build(tuple(feature_list(self.backbone.output)[0].shape))
+        if not self.preprocessing.built:  # parts deserialized from a config arrive built
+            self.preprocessing.build((None, *self.image_size, 3))
+        if not self.head.built:
+            self.head.build(tuple(feature_list(self.backbone.output)[0].shape))
         self.built = True
 
     @property
@@ -278,12 +292,8 @@ class RPNModel(keras.Model):
 
         ``nms="auto"`` resolves to the XLA-compilable padded NMS when this model's steps are compiled with XLA.
         """
-        config = proposal_config or self.proposal_config
-        if config.nms == "auto":
-            config = dataclasses.replace(config, nms="padded" if self.jit_compile else "combined")
-        return generate_proposals(self.anchors, outputs["objectness_logits"], outputs["box_deltas"],
-                                  self.image_size, config, training=training, box_coder=self.target_encoder.box_coder,
-                                  valid_sizes=valid_sizes, level_sizes=self.level_sizes)
+        return self.proposal_generator(outputs["objectness_logits"], outputs["box_deltas"], training=training,
+                                       valid_sizes=valid_sizes, config=proposal_config, xla=bool(self.jit_compile))
 
     def to_canvas(self, images):
         """Raw images ``[B, H0, W0, 3]`` (one size) → ``(canvas [B, H, W, 3], image_scale [B, 2], valid_size [B, 2],
@@ -323,12 +333,12 @@ class RPNModel(keras.Model):
 
     def get_config(self):
         config = super().get_config()
+        if self._from_parts:  # each part's own config
+            config.update(image_size=None, parts=self._parts.serialized(), recall_top_n=self.recall_top_n)
+            return config
         backbone = self.backbone_name or keras.saving.serialize_keras_object(self.backbone)
-        levels = [{"stride": level.stride, "scales": list(level.scales), "ratios": list(level.ratios)}
-                  for level in self.anchor_config.levels]
         config.update(
-            image_size=list(self.image_size),
-            anchor_config=levels[0] if isinstance(self.anchor_config, AnchorConfig) else {"levels": levels},
+            image_size=list(self.image_size), anchor_config=anchor_config_to_dict(self.anchor_config),
             backbone=backbone, backbone_stride=self.backbone_stride if len(self.backbone_strides) == 1 else None,
             weights=None, resize=config_to_dict(self.resize),
             freeze_backbone_layers=self.freeze_backbone_layers, preprocessing=self.preprocessing.mode,

@@ -43,16 +43,23 @@ def command_evaluate(args):
     for key, value in results.items():
         print(f"{key}: {value:.4f}")
     if args.diagnose:
-        waterfall = evaluation.recall_waterfall(model, dataset, tuple(args.top_n))
-        print("recall waterfall (where recall is lost):")
-        print(evaluation.format_waterfall(waterfall))
-        evaluation.plot_waterfall(waterfall, args.plot, title=f"recall waterfall of {os.path.basename(args.model)}")
-        print(f"wrote {args.plot}")
-        results = {"recall": results, "waterfall": waterfall}
+        results = {"recall": results, "waterfall": _diagnose(model, dataset, args)}
     if args.json:
         with open(args.json, "w") as file:
             json.dump(results, file, indent=2)
     return 0
+
+
+def _diagnose(rpn, dataset, args):
+    """``--diagnose``: the RPN's recall waterfall, printed and plotted to ``args.plot``."""
+    from rpn_tf import evaluation
+
+    waterfall = evaluation.recall_waterfall(rpn, dataset, tuple(args.top_n))
+    print("recall waterfall (where recall is lost):")
+    print(evaluation.format_waterfall(waterfall))
+    evaluation.plot_waterfall(waterfall, args.plot, title=f"recall waterfall of {os.path.basename(args.model)}")
+    print(f"wrote {args.plot}")
+    return waterfall
 
 
 def _evaluate_detector(model, dataset, args):
@@ -68,6 +75,8 @@ def _evaluate_detector(model, dataset, args):
     for n in args.top_n:
         print(f"  AR@{n}: {results['proposals'][f'coco/AR@{n}']:.4f}  "
               f"recall@{n} IoU 0.5: {results['proposals'][f'coco/recall@{n}_iou0.5']:.4f}")
+    if args.diagnose:  # of the detector's RPN
+        results["waterfall"] = _diagnose(model.rpn, dataset, args)
     if args.json:
         with open(args.json, "w") as file:
             json.dump(results, file, indent=2)
@@ -147,7 +156,8 @@ def command_demo(args):
 
     argv = ["--out", args.out] + (["--epochs", str(args.epochs)] if args.epochs is not None else []) + \
         (["--recipe", args.recipe] if args.recipe else []) + \
-        (["--detector-epochs", str(args.detector_epochs)] if args.detector_epochs is not None else [])
+        (["--detector-epochs", str(args.detector_epochs)] if args.detector_epochs is not None else []) + \
+        ["--seed", str(args.seed)]
     demo.main(argv)
     return 0
 
@@ -285,6 +295,8 @@ def build_parser():
     demo.add_argument("--recipe", default=None, help="training recipe (default: fpn; see docs/recipes.md)")
     demo.add_argument("--detector-epochs", type=int, default=None,
                       help="epochs of the FasterRCNN trained on the RPN afterwards (default: 15; 0 skips it)")
+    demo.add_argument("--seed", type=int, default=0,
+                      help="seeds initialisation, data order, augmentation and sampling (the README: 0, 1, 2)")
     demo.set_defaults(run=command_demo)
     return parser
 

@@ -72,6 +72,9 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
                         help=f"training epochs (default {DEFAULT_EPOCHS}; 0 skips training)")
     parser.add_argument("--top-n", type=int, default=50, help="proposals drawn in proposals.png")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds initialisation, data order, augmentation and sampling (the README's figures: "
+                             "seeds 0, 1, 2)")
     parser.add_argument("--detector-epochs", type=int, default=DETECTOR_EPOCHS,
                         help=f"then a FasterRCNN on the RPN for this many epochs (default {DETECTOR_EPOCHS}; 0 skips)")
     args = parser.parse_args(argv)
@@ -82,7 +85,7 @@ def main(argv=None):
     if args.epochs <= 0:
         return
     print(f"training on YELL tiles for {args.epochs} epochs ({args.recipe} recipe) ...")
-    model, report = train(epochs=args.epochs, out_dir=args.out, verbose=2, recipe=args.recipe)
+    model, report = train(epochs=args.epochs, out_dir=args.out, verbose=2, recipe=args.recipe, seed=args.seed)
     print(f"{report['tiles']} tiles, {report['train_boxes']} boxes; {report['train_seconds']} s; "
           f"final loss {report['final_loss']:.4f}; model saved to {os.path.join(args.out, 'rpn_deepforest.keras')}")
     for stage in ("before", "after"):
@@ -97,16 +100,16 @@ def main(argv=None):
     print(f"wrote {path}")
     serve_and_draw(model, image, annotation, args.out, args.top_n)
     if args.detector_epochs > 0:
-        detect_and_draw(model, image, annotation, args.out, args.detector_epochs)
+        detect_and_draw(model, image, annotation, args.out, args.detector_epochs, seed=args.seed)
 
 
-def detect_and_draw(rpn, image, annotation, out_dir, epochs):
+def detect_and_draw(rpn, image, annotation, out_dir, epochs, seed=0):
     """Step 4: a FasterRCNN on the trained RPN (both stages fine-tuned jointly), pycocotools' AP on OSBS_029, the
     detector's SavedModel served on the image's PNG bytes, and ``detections.png``."""
     from rpn_tf.serving import export_saved_model
 
     print(f"training a FasterRCNN on the RPN for {epochs} epochs ...")
-    detector, report = train_detector(rpn, epochs, out_dir=out_dir)
+    detector, report = train_detector(rpn, epochs, seed=seed, out_dir=out_dir)
     print(format_detector_report(report))
     export_dir = export_saved_model(detector, os.path.join(out_dir, "serving"), "faster_rcnn")
     served = tf.saved_model.load(export_dir).signatures["serving_default"]
@@ -116,7 +119,8 @@ def detect_and_draw(rpn, image, annotation, out_dir, epochs):
     scores = outputs["detection_scores"].numpy()[0, :count]
     keep = scores >= 0.5
     path = os.path.join(out_dir, "detections.png")
-    write_png(path, proposals_picture(image, boxes[keep], scores[keep], annotation.boxes))
+    write_png(path, proposals_picture(image, boxes[keep], scores[keep], annotation.boxes,
+                                      label="detections ({count}, score >= 0.5)"))
     print(f"exported the detector to {export_dir}; served: {count} detections, {int(keep.sum())} scoring >= 0.5 "
           f"drawn in {path} (yellow, brighter = higher score; GT green)")
     return report

@@ -48,7 +48,8 @@ def command_predict(args):
         scores = outputs[f"{kind}_scores"].numpy()[0, :count]
         image = tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
         stem = os.path.splitext(os.path.basename(path))[0]
-        write_png(os.path.join(args.out, f"{stem}_{kind}s.png"), proposals_picture(image, boxes, scores))
+        picture = proposals_picture(image, boxes, scores, label=f"{kind}s")
+        write_png(os.path.join(args.out, f"{stem}_{kind}s.png"), picture)
         record = {"image": path, "boxes_yxyx": boxes.round(2).tolist(), "scores": scores.round(5).tolist()}
         if detector:
             record["classes"] = outputs["detection_classes"].numpy()[0, :count].astype(int).tolist()

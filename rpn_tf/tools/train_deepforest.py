@@ -23,6 +23,7 @@ import tensorflow as tf  # noqa: E402
 import rpn_tf  # noqa: E402
 from rpn_tf import evaluation as rpn_evaluation  # noqa: E402
 from rpn_tf.data import adapters, deepforest  # noqa: E402
+from rpn_tf.modeling.fitting import steps_per_epoch_of, train_model  # noqa: E402
 from rpn_tf.ops.box_ops import box_area  # noqa: E402
 from rpn_tf.tools.presets import DEEPFOREST  # noqa: E402
 
@@ -181,17 +182,16 @@ def train(epochs=DEFAULT_EPOCHS, backbone="simple", batch_size=8, learning_rate=
     waterfall_before = rpn_evaluation.recall_waterfall(model, evaluation_data())
     dataset = training_dataset(images, boxes, model.target_encoder, batch_size, seed,
                                RECIPES[recipe].get("symmetries", "flips"), RECIPES[recipe].get("jitter"))
-    steps = epochs * -(-len(images) // batch_size)
-    # Cosine decay to zero: weights settle at the end, so batch-norm moving statistics match them.
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(steps, 1))
-    model.compile(optimizer=keras.optimizers.Adam(schedule))
     start = time.perf_counter()
-    history = model.fit(dataset, epochs=epochs, verbose=verbose)
+    # Cosine decay to zero: weights settle at the end, so batch-norm moving statistics match them.
+    history = train_model(model, dataset, epochs, optimizer="adam", learning_rate=learning_rate,
+                          lr_schedule="cosine", steps_per_epoch=steps_per_epoch_of(len(images), batch_size),
+                          verbose=verbose)
     seconds = time.perf_counter() - start
     after = evaluate_recall(model)
     report = {"tiles": len(images), "train_boxes": int(sum(len(b) for b in boxes)), "boxes_cut_by_tiling": cut,
               "recipe": recipe, "seed": seed, "epochs": epochs, "train_seconds": round(seconds, 1),
-              "final_loss": history.history["loss"][-1], "recall_before": before, "recall_after": after,
+              "final_loss": history["loss"][-1], "recall_before": before, "recall_after": after,
               "waterfall_before": waterfall_before,
               "waterfall_after": rpn_evaluation.recall_waterfall(model, evaluation_data())}
     if out_dir:
@@ -214,13 +214,12 @@ def train_detector(rpn, epochs=DETECTOR_EPOCHS, batch_size=8, learning_rate=1e-3
     keras.utils.set_random_seed(seed)
     detector = rpn_tf.FasterRCNN(1, rpn=rpn, representation_size=DEEPFOREST.representation_size, seed=seed)
     dataset = training_dataset(images, boxes, rpn.target_encoder, batch_size, seed)
-    steps = epochs * -(-len(images) // batch_size)
-    detector.compile(optimizer=keras.optimizers.Adam(
-        keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(steps, 1))))
     start = time.perf_counter()
-    history = detector.fit(dataset, epochs=epochs, verbose=verbose)
+    history = train_model(detector, dataset, epochs, optimizer="adam", learning_rate=learning_rate,
+                          lr_schedule="cosine", steps_per_epoch=steps_per_epoch_of(len(images), batch_size),
+                          verbose=verbose)
     report = {"epochs": epochs, "seed": seed, "train_seconds": round(time.perf_counter() - start, 1),
-              "final_loss": history.history["loss"][-1],
+              "final_loss": history["loss"][-1],
               "coco_detection": coco_eval.detection_metrics(detector, evaluation_data()),
               "coco_proposals": coco_eval.proposal_metrics(detector.rpn, evaluation_data(), (100, 300, 1000))}
     if out_dir:

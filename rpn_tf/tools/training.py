@@ -1,21 +1,18 @@
-"""``rpn-tf train``: dataset summary, optimizer and schedule, strategies (fit or the TensorFlow-native loop), tf.data
-service, checkpoints and resume."""
+"""``rpn-tf train``: the dataset summary, the strategy, the input pipeline (tf.data service) and the final save; the
+training itself is ``rpn_tf.modeling.fitting.train_model`` (optimizer and schedule, fit or the TensorFlow-native
+loop, checkpoints and resume), shared with the recipes."""
 
 from __future__ import annotations
 
-import math
 import os
-import sys
 import time
 
 import keras
 import tensorflow as tf
 
+from rpn_tf.modeling.fitting import steps_per_epoch_of
 from rpn_tf.tools.options import build_model, load_dataset
 from rpn_tf.tools.errors import UsageError
-
-STEP_DECAY_AT = 0.75  # the article: 60k iterations at 0.001, then 20k at 0.0001
-
 
 SUMMARY_SAMPLE = 100  # elements read for the summary line unless the exact count is needed or asked for
 
@@ -53,22 +50,10 @@ def _count_batches(dataset):
     return cardinality if cardinality >= 0 else sum(1 for _ in dataset)
 
 
-def make_optimizer(name, learning_rate, schedule, total_steps):
-    if schedule == "cosine":
-        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, max(total_steps, 1))
-    elif schedule == "step":
-        learning_rate = keras.optimizers.schedules.PiecewiseConstantDecay(
-            [max(int(total_steps * STEP_DECAY_AT), 1)], [learning_rate, learning_rate * 0.1])
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=0.9)
-    if name == "adamw":
-        return keras.optimizers.AdamW(learning_rate, weight_decay=1e-4)
-    return keras.optimizers.Adam(learning_rate)
-
-
 def train(args):
-    from rpn_tf.modeling.callbacks import AtomicCheckpoint, CrashSafeBackup, save_atomically
-    from rpn_tf.modeling.distributed import DistributedTrainer, is_chief, strategy_from_name
+    from rpn_tf.modeling.callbacks import save_atomically
+    from rpn_tf.modeling.distributed import is_chief, strategy_from_name
+    from rpn_tf.modeling.fitting import train_model
 
     loop = args.strategy in ("multi_worker", "tpu")
     if loop and args.jit_compile:
@@ -95,14 +80,11 @@ def train(args):
         raise UsageError("the dataset has no images")
     steps_per_epoch = None
     if images is not None:
-        steps_per_epoch = images // args.batch_size if loop else math.ceil(images / args.batch_size)
+        steps_per_epoch = steps_per_epoch_of(images, args.batch_size, drop_remainder=loop)
         if steps_per_epoch == 0:
             raise UsageError(f"--batch-size {args.batch_size} is larger than the dataset ({images} images)")
     with strategy.scope():
         model = build_model(args)
-        optimizer = make_optimizer(args.optimizer, args.learning_rate, args.lr_schedule,
-                                   (steps_per_epoch or 0) * args.epochs)
-        model.compile(optimizer=optimizer, jit_compile=args.jit_compile and not loop)
     dataset = (elements.shuffle(256, seed=0 if loop else None, reshuffle_each_iteration=True)
                .map(model.target_encoder, num_parallel_calls=tf.data.AUTOTUNE)
                .batch(args.batch_size, drop_remainder=loop))
@@ -111,43 +93,29 @@ def train(args):
 
         dataset = distribute(dataset, args.data_service, args.data_service_mode)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
-    os.makedirs(args.out, exist_ok=True)
-    start = time.perf_counter()
-    path = os.path.join(args.out, "model.keras")
+    validation = validation_steps = None
+    if args.val_data:  # under the native loop whole global batches, sharded like the training data
+        validation = (load_dataset(args, args.val_data)[0]
+                      .map(model.target_encoder, num_parallel_calls=tf.data.AUTOTUNE)
+                      .batch(args.batch_size, drop_remainder=loop).prefetch(tf.data.AUTOTUNE))
+        if loop:
+            validation_steps = _count_batches(validation)
+            if validation_steps == 0:
+                raise UsageError(f"--val-data holds fewer images than one --batch-size {args.batch_size} batch")
     if loop:
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        trainer = DistributedTrainer(model, strategy, os.path.join(args.out, "checkpoints"))
-        validation = None
-        if args.val_data:  # whole global batches, sharded like the training data (a last partial batch is left out)
-            validation = (load_dataset(args, args.val_data)[0]
-                          .map(model.target_encoder, num_parallel_calls=tf.data.AUTOTUNE)
-                          .batch(args.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
-        validation_steps = None if validation is None else _count_batches(validation)
-        if validation_steps == 0:
-            raise UsageError(f"--val-data holds fewer images than one --batch-size {args.batch_size} batch")
-        trainer.fit(dataset.with_options(options), args.epochs, steps_per_epoch, validation_data=validation,
-                    validation_steps=validation_steps,
-                    best_model_path=os.path.join(args.out, "checkpoint.keras"))
-        if not is_chief(strategy):
-            return 0
-    else:
-        # Resume: an interrupted run (even killed mid-write) restarts from its last finished epoch.
-        backup = CrashSafeBackup(os.path.join(args.out, "backup"))
-        initial_epoch = backup.restore(model)
-        validation = None
-        if args.val_data:
-            validation = (load_dataset(args, args.val_data)[0]
-                          .map(model.target_encoder, num_parallel_calls=tf.data.AUTOTUNE)
-                          .batch(args.batch_size).prefetch(tf.data.AUTOTUNE))
-        # With validation data the checkpoint is the best model by validation recall@300 (IoU 0.5), else the last.
-        top_n = getattr(model, "recall_top_n", None)  # a FasterRCNN has none: then the lowest validation loss
-        monitor = None if validation is None else (f"val_recall@{top_n}_iou0.5" if top_n else "val_loss")
-        callbacks = [AtomicCheckpoint(os.path.join(args.out, "checkpoint.keras"), monitor=monitor,
-                                      mode="min" if monitor == "val_loss" else "max", resume=initial_epoch > 0),
-                     keras.callbacks.TensorBoard(os.path.join(args.out, "logs")), backup]
-        model.fit(dataset, epochs=args.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
-                  validation_data=validation, verbose=1 if sys.stdout.isatty() else 2)
+        dataset = dataset.with_options(options)
+    start = time.perf_counter()
+    # Resume: an interrupted run (even killed mid-write) restarts from its last finished epoch. With validation data
+    # the checkpoint is the best model (validation recall@300 IoU 0.5 of an RPN, loss of a detector), else the last.
+    train_model(model, dataset, args.epochs, optimizer=args.optimizer, learning_rate=args.learning_rate,
+                lr_schedule=args.lr_schedule, steps_per_epoch=steps_per_epoch, strategy=strategy, out_dir=args.out,
+                validation_data=validation, validation_steps=validation_steps, jit_compile=args.jit_compile,
+                verbose="auto")
+    if loop and not is_chief(strategy):
+        return 0
+    path = os.path.join(args.out, "model.keras")
     save_atomically(model, path)
     print(f"trained in {time.perf_counter() - start:.0f} s; saved {path}")
     return 0

@@ -104,9 +104,10 @@ def target_picture(image, gt_boxes, anchor_config, max_negatives=20, seed=0, ima
     return png, before, labels
 
 
-def proposals_picture(image, proposals, scores, gt_boxes=None):
-    """Proposals (yellow, shaded by rank) and, when given, GT boxes (green) on ``image``: PNG bytes."""
-    sets = [(proposals, YELLOW, "proposals", scores)]
+def proposals_picture(image, proposals, scores, gt_boxes=None, label="proposals"):
+    """Proposals (or detections: ``label``; yellow, shaded by rank) and, when given, GT boxes (green) on ``image``:
+    PNG bytes."""
+    sets = [(proposals, YELLOW, label, scores)]
     if gt_boxes is not None:
         sets.append((gt_boxes, GREEN, "ground truth"))
     return draw_boxes(image, sets)

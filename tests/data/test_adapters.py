@@ -80,6 +80,22 @@ def test_coco(tmp_path):
     assert_round_trip(dataset, tmp_path)
 
 
+def test_coco_contiguous_category_ids(tmp_path):
+    path, _ = make_coco(tmp_path)
+    dataset, report = adapters.from_coco(path, str(tmp_path), category_ids="contiguous")
+    items = elements(dataset)
+    np.testing.assert_array_equal(items[0]["classes"], [2])  # category 3 is the second listed id
+    np.testing.assert_array_equal(items[1]["classes"], [3])  # category 7 the third
+    assert report.categories == {1: {"id": 1, "name": "a"}, 2: {"id": 3, "name": "b"}, 3: {"id": 7, "name": "c"}}
+    unlisted = {"id": 8, "image_id": 3, "bbox": [1, 1, 5, 5], "category_id": 5}
+    path, _ = make_coco(tmp_path, [unlisted])
+    with pytest.raises(ValueError, match="category_id 5, which 'categories' does not list"):
+        adapters.from_coco(path, str(tmp_path), category_ids="contiguous")
+    assert len(elements(adapters.from_coco(path, str(tmp_path))[0])) == 3  # raw ids: any id is kept
+    with pytest.raises(ValueError, match="category_ids must be one of"):
+        adapters.from_coco(path, str(tmp_path), category_ids="dense")
+
+
 def test_coco_malformed_raise_or_skip(tmp_path):
     outside = {"id": 9, "image_id": 3, "bbox": [60, 40, 30, 30], "category_id": 1}
     path, _ = make_coco(tmp_path, [outside])

@@ -210,11 +210,13 @@ def test_faster_rcnn_train_evaluate_export_predict(tmp_path, capsys):
                      "--epochs", "1", "--batch-size", "3", "--out", str(out)]) == 0
     model = str(out / "model.keras")
     capsys.readouterr()
-    assert cli.main(["evaluate", model, *EVAL_DATA, "--top-n", "100", "--json", str(tmp_path / "e.json")]) == 0
+    assert cli.main(["evaluate", model, *EVAL_DATA, "--top-n", "100", "--json", str(tmp_path / "e.json"),
+                     "--diagnose", "--plot", str(tmp_path / "w.png")]) == 0
     printed = capsys.readouterr().out
     assert "COCO detection metrics" in printed and "AP50:" in printed and "AR@100:" in printed
+    assert "recall waterfall" in printed and (tmp_path / "w.png").stat().st_size > 0  # of the detector's RPN
     results = json.loads((tmp_path / "e.json").read_text())
-    assert set(results) == {"detection", "proposals"} and 0.0 <= results["detection"]["AP50"] <= 1.0
+    assert set(results) == {"detection", "proposals", "waterfall"} and 0.0 <= results["detection"]["AP50"] <= 1.0
     base = tmp_path / "serving"
     assert cli.main(["export", model, "--base-dir", str(base), "--name", "detector"]) == 0
     assert (base / "detector" / "1" / "saved_model.pb").exists()
@@ -230,3 +232,12 @@ def test_faster_rcnn_train_evaluate_export_predict(tmp_path, capsys):
 def test_faster_rcnn_needs_its_classes():
     status, _, err = run_cli("train", "--format", "voc", "--data", ".", "--model", "faster_rcnn")
     assert status == 2 and "--num-classes is required" in err
+
+
+def test_demo_forwards_its_options(monkeypatch):
+    from rpn_tf.tools import demo
+
+    seen = []
+    monkeypatch.setattr(demo, "main", seen.append)
+    assert cli.main(["demo", "--out", "d", "--epochs", "2", "--detector-epochs", "0", "--seed", "2"]) == 0
+    assert seen == [["--out", "d", "--epochs", "2", "--detector-epochs", "0", "--seed", "2"]]
