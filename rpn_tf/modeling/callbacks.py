@@ -49,8 +49,13 @@ class CrashSafeBackup(keras.callbacks.Callback):
 
     def restore(self, model) -> int:
         """Loads the newest readable backup into ``model``; returns its epoch (0 when there is none), the
-        ``initial_epoch`` for ``fit``."""
-        for epoch, path in self.backups():
+        ``initial_epoch`` for ``fit``. A compiled model's optimizer is built first, so that its state (step count:
+        the learning-rate schedule; moments) is restored with the weights rather than skipped."""
+        backups = self.backups()
+        optimizer = getattr(model, "optimizer", None)
+        if backups and optimizer is not None and not optimizer.built:
+            optimizer.build(model.trainable_variables)
+        for epoch, path in backups:
             try:
                 model.load_weights(path)
             except Exception as error:  # noqa: BLE001  (any unreadable file: report it, fall back)

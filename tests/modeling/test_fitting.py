@@ -55,9 +55,10 @@ def test_train_model_writes_checkpoints_and_resumes(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train_model(tiny_rpn(), tiny_data(), 3, learning_rate=1e-3, lr_schedule="cosine", out_dir=out,
                     callbacks=[Interrupt()], verbose=0)
-    history = train_model(tiny_rpn(), tiny_data(), 3, learning_rate=1e-3, lr_schedule="cosine", out_dir=out,
-                          verbose=0)
+    model = tiny_rpn()
+    history = train_model(model, tiny_data(), 3, learning_rate=1e-3, lr_schedule="cosine", out_dir=out, verbose=0)
     assert len(history["loss"]) == 2  # epochs 2 and 3: resumed after the first finished epoch
+    assert int(model.optimizer.iterations) == 6  # the optimizer's step (the schedule's position) was restored too
     assert np.isfinite(history["loss"]).all()
     assert isinstance(keras.saving.load_model(os.path.join(out, "checkpoint.keras")), rpn_tf.RPNModel)
     assert os.path.isdir(os.path.join(out, "logs"))
