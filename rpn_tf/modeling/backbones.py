@@ -181,3 +181,44 @@ def check_input_size(images, image_size):
         with tf.control_dependencies([check]):
             images = tf.identity(images)
     return images
+
+
+def check_raw_images(images):
+    """Raw images for ``predict``: a batch ``[B, H0, W0, 3]`` of RGB images (one size), not empty, finite. Shape
+    errors are raised here, naming the problem; empty and non-finite images fail when the step runs, with a message
+    saying so (NaN pixels would otherwise give detections of garbage). Inside an XLA-compiled step TensorFlow drops
+    the run-time asserts (XLA has no assert); the shape checks still hold."""
+    images = tf.convert_to_tensor(images)
+    if images.shape.rank is not None and images.shape.rank != 4:
+        raise ValueError(f"predict takes a batch of images [B, H, W, 3] (one size per batch); got shape "
+                         f"{images.shape} — add a batch axis to one image (image[None])")
+    if images.shape.rank == 4 and images.shape[-1] is not None and images.shape[-1] != 3:
+        raise ValueError(f"predict takes RGB images with 3 channels; got {images.shape[-1]} (grayscale: "
+                         "tf.image.grayscale_to_rgb; RGBA: drop the alpha channel, image[..., :3])")
+    if images.shape.rank is None:  # a trace with relaxed shapes: predict() checked the arrays' rank already
+        images = tf.identity(images)
+        images.set_shape([None, None, None, None])
+    checks = [tf.debugging.assert_equal(tf.shape(images)[-1], 3, message="predict takes RGB images with 3 "
+                                        "channels (grayscale: tf.image.grayscale_to_rgb; RGBA: image[..., :3])"),
+              tf.debugging.assert_positive(tf.shape(images)[1:3],
+                                           message="predict: an image has zero height or width")]
+    if images.dtype.is_floating:
+        checks.append(tf.debugging.assert_all_finite(images, "predict: the images contain NaN or Inf values"))
+    with tf.control_dependencies(checks):
+        return tf.identity(images)
+
+
+def check_predict_input(x):
+    """``predict``'s input before Keras traces a step: arrays / tensors (or ``{"image": ...}``) must be batches of RGB
+    images ``[B, H, W, 3]`` — Keras relaxes shapes between calls, so a later step could no longer say so itself."""
+    images = x.get("image") if isinstance(x, dict) else x
+    shape = getattr(images, "shape", None)
+    if shape is None or isinstance(images, tf.data.Dataset):
+        return
+    shape = tuple(shape)
+    if len(shape) != 4:
+        raise ValueError(f"predict takes a batch of images [B, H, W, 3] (one size per batch); got shape {shape} — "
+                         "add a batch axis to one image (image[None])")
+    if shape[-1] is not None and shape[-1] != 3:
+        raise ValueError(f"predict takes RGB images with 3 channels; got {shape[-1]} (grayscale: "
+                         "tf.image.grayscale_to_rgb; RGBA: drop the alpha channel, image[..., :3])")

@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from rpn_tf.config import DetectionConfig, RoiSamplerConfig, config_from_kwargs, config_to_dict
-from rpn_tf.modeling.backbones import feature_list
+from rpn_tf.modeling.backbones import check_predict_input, feature_list
 from rpn_tf.modeling.losses import global_sum
 from rpn_tf.modeling.metrics import RatioMean
 from rpn_tf.modeling.roi_heads import BoxHead, postprocess_detections, roi_losses
@@ -165,6 +165,12 @@ class FasterRCNN(keras.Model):
                 "detection_scores": detections["detection_scores"],
                 "detection_classes": detections["detection_classes"],
                 "num_detections": tf.cast(detections["num_detections"], tf.float32), "image_scale": image_scale}
+
+    def predict(self, x, *args, **kwargs):
+        """``keras.Model.predict`` on raw images ``[B, H0, W0, 3]``; a wrong rank or channel count is named before
+        anything runs."""
+        check_predict_input(x)
+        return super().predict(x, *args, **kwargs)
 
     def predict_step(self, data):
         """Raw images ``[B, H0, W0, 3]`` of any size (or ``{"image": ...}``) → detections in their own pixels."""

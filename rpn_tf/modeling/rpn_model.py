@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from rpn_tf.config import DEFAULT_IMAGE_SIZE, ProposalConfig, anchor_config_to_dict, config_from_kwargs, config_to_dict
 from rpn_tf.data.resize import resize_to_canvas
-from rpn_tf.modeling.backbones import check_input_size, feature_list
+from rpn_tf.modeling.backbones import check_input_size, check_predict_input, check_raw_images, feature_list
 from rpn_tf.modeling.losses import decoded_iou
 from rpn_tf.modeling.metrics import ProposalRecall, RatioMean
 from rpn_tf.modeling.proposal_generator import ProposalGenerator
@@ -266,6 +266,12 @@ class RPNModel(keras.Model):
             shuffle = not isinstance(x, tf.data.Dataset)
         return super().fit(x, y, *args, shuffle=shuffle, **kwargs)
 
+    def predict(self, x, *args, **kwargs):
+        """``keras.Model.predict`` on raw images ``[B, H0, W0, 3]`` (``predict_step``); a wrong rank or channel
+        count is named before anything runs."""
+        check_predict_input(x)
+        return super().predict(x, *args, **kwargs)
+
     def train_step(self, data):
         images, targets = self._unpack(data)
         with tf.GradientTape() as tape:
@@ -298,6 +304,7 @@ class RPNModel(keras.Model):
     def to_canvas(self, images):
         """Raw images ``[B, H0, W0, 3]`` (one size) → ``(canvas [B, H, W, 3], image_scale [B, 2], valid_size [B, 2],
         original_size [B, 2])`` by the ``resize`` policy (the encoder's function)."""
+        images = check_raw_images(images)
         canvas, scale, valid_size = resize_to_canvas(images, self.image_size, self.resize)
         batch = tf.shape(images)[:1]
         original_size = tf.cast(tf.shape(images)[1:3], tf.float32)

@@ -175,6 +175,20 @@ def test_nan_images_and_nan_proposals_are_named():
         model.roi_sampler(nan_proposals, boxes, classes)
 
 
+@pytest.mark.parametrize("images, error, message", [
+    (np.zeros((1, 40, 50, 1), np.uint8), ValueError, "RGB images with 3 channels"),
+    (np.zeros((40, 50, 3), np.uint8), ValueError, r"a batch of images \[B, H, W, 3\]"),
+    (np.zeros((1, 0, 0, 3), np.uint8), tf.errors.InvalidArgumentError, "zero height or width"),
+    (np.full((1, 20, 20, 3), np.nan, np.float32), tf.errors.InvalidArgumentError, "NaN or Inf"),
+])
+def test_bad_images_for_predict_are_named(trained, images, error, message):
+    model, _, _ = trained  # it has predicted before: Keras traces the next steps with relaxed shapes
+    with pytest.raises(error, match=message):
+        model.predict(images, verbose=0)
+    with pytest.raises(error, match=message):
+        model.rpn.predict(images, verbose=0)
+
+
 def test_padded_and_combined_post_processing_agree():
     rng = np.random.default_rng(5)
     rois = rng.uniform(0, 80, (2, 30, 2)).astype(np.float32)
