@@ -1,6 +1,7 @@
-"""One training process for the distributed-training tests: ``python distributed_worker.py OUT STRATEGY EPOCHS``.
+"""One training process for the distributed-training tests: ``python distributed_worker.py OUT STRATEGY EPOCHS
+[rpn|detector]``.
 
-Builds a tiny ``RPNModel`` (seeded), trains it with ``DistributedTrainer`` on a fixed synthetic dataset of 8 images
+Builds a tiny ``RPNModel`` (seeded; with ``detector``, a one-class ``FasterRCNN`` on it), trains it with ``DistributedTrainer`` on a fixed synthetic dataset of 8 images
 (global batch 4, 2 steps per epoch) and, on the chief, writes the final weights to ``OUT/weights.npz``. With
 ``TF_CONFIG`` set and ``STRATEGY=multi_worker`` it is one worker of a cluster.
 """
@@ -33,12 +34,14 @@ def dataset(encoder):
     return data.with_options(options)
 
 
-def main(out, strategy_name, epochs):
+def main(out, strategy_name, epochs, kind="rpn"):
     strategy = strategy_from_name(strategy_name)
     keras.utils.set_random_seed(0)
     with strategy.scope():
         model = rpn_tf.RPNModel(IMAGE_SIZE, rpn_tf.AnchorConfig(stride=16, scales=(1.0, 2.0)), backbone="simple",
                                 head_channels=8, target_encoder_config={"seed": 0})
+        if kind == "detector":
+            model = rpn_tf.FasterRCNN(1, rpn=model, representation_size=16, seed=0)
         model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
     trainer = DistributedTrainer(model, strategy, os.path.join(out, "checkpoints"))
     history = trainer.fit(dataset(model.target_encoder), epochs=epochs)
@@ -48,4 +51,4 @@ def main(out, strategy_name, epochs):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), *sys.argv[4:5])

@@ -26,20 +26,20 @@ def free_ports(count):
             s.close()
 
 
-def start(out, strategy, epochs, tf_config=None, log=None):
+def start(out, strategy, epochs, tf_config=None, log=None, kind="rpn"):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     env.pop("TF_CONFIG", None)
     if tf_config is not None:
         env["TF_CONFIG"] = json.dumps(tf_config)
-    return subprocess.Popen([sys.executable, WORKER, str(out), strategy, str(epochs)], env=env,
+    return subprocess.Popen([sys.executable, WORKER, str(out), strategy, str(epochs), kind], env=env,
                             stdout=open(log, "w") if log else subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
 
-def start_pair(out, epochs):
+def start_pair(out, epochs, kind="rpn"):
     ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     return [start(out, "multi_worker", epochs, {"cluster": cluster, "task": {"type": "worker", "index": index}},
-                  os.path.join(out, f"worker{index}.log")) for index in range(2)]
+                  os.path.join(out, f"worker{index}.log"), kind) for index in range(2)]
 
 
 def stop(processes):
@@ -86,6 +86,20 @@ def test_two_workers_equal_one_process_on_the_global_batch(single_run, tmp_path)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["checkpoint", "ckpt-2.data-00000-of-00001",
                                                             "ckpt-2.index", "ckpt-3.data-00000-of-00001",
                                                             "ckpt-3.index"]
+
+
+def test_two_workers_train_the_detector(tmp_path):
+    """FasterRCNN under MultiWorkerMirroredStrategy (the TensorFlow-native loop: Keras 3's fit fails there): both
+    stages train on two loopback workers, the chief alone reports and writes the weights."""
+    processes = start_pair(tmp_path, 2, kind="detector")
+    try:
+        wait(processes)
+    finally:
+        stop(processes)
+    chief_log, other_log = (open(tmp_path / f"worker{i}.log").read() for i in range(2))
+    assert "epoch 2/2" in chief_log and "roi_classification_loss" in chief_log and "epoch" not in other_log
+    final_loss = float(chief_log.split("final loss")[1].split()[0])
+    assert np.isfinite(final_loss) and all(np.isfinite(w).all() for w in weights(tmp_path))
 
 
 def test_a_killed_pair_resumes_from_its_checkpoint(single_run, tmp_path):
