@@ -121,6 +121,8 @@ RECIPES = {
 RECIPES["fpn_iou05"] = {**RECIPES["fpn"], "target": {"positive_iou": 0.5}}
 # the fpn recipe with all 8 symmetries of the square tile (aerial images have no up) and scale jitter 0.8–1.25×
 RECIPES["fpn_aug"] = {**RECIPES["fpn"], "symmetries": "dihedral", "jitter": (0.8, 1.25)}
+# the fpn recipe with IoU-aware objectness (score = predicted fit of the box), without the extra augmentation
+RECIPES["fpn_iou"] = {**RECIPES["fpn"], "objectness_target": "iou"}
 # fpn_aug with IoU-aware objectness: a positive's target is the IoU of its predicted box with its GT box
 RECIPES["fpn_aug_iou"] = {**RECIPES["fpn_aug"], "objectness_target": "iou"}
 # the fpn recipe trained on every anchor, cross-boundary ones included (detectron2's and torchvision's default,
