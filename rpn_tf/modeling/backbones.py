@@ -183,6 +183,11 @@ def check_input_size(images, image_size):
     return images
 
 
+NOT_A_BATCH = "predict takes a batch of images [B, H, W, 3] (one size per batch)"
+NOT_RGB = ("predict takes RGB images with 3 channels (grayscale: tf.image.grayscale_to_rgb; RGBA: drop the alpha "
+           "channel, image[..., :3])")
+
+
 def check_raw_images(images):
     """Raw images for ``predict``: a batch ``[B, H0, W0, 3]`` of RGB images (one size), not empty, finite. Shape
     errors are raised here, naming the problem; empty and non-finite images fail when the step runs, with a message
@@ -190,16 +195,13 @@ def check_raw_images(images):
     the run-time asserts (XLA has no assert); the shape checks still hold."""
     images = tf.convert_to_tensor(images)
     if images.shape.rank is not None and images.shape.rank != 4:
-        raise ValueError(f"predict takes a batch of images [B, H, W, 3] (one size per batch); got shape "
-                         f"{images.shape} — add a batch axis to one image (image[None])")
+        raise ValueError(f"{NOT_A_BATCH}; got shape {images.shape} — add a batch axis to one image (image[None])")
     if images.shape.rank == 4 and images.shape[-1] is not None and images.shape[-1] != 3:
-        raise ValueError(f"predict takes RGB images with 3 channels; got {images.shape[-1]} (grayscale: "
-                         "tf.image.grayscale_to_rgb; RGBA: drop the alpha channel, image[..., :3])")
+        raise ValueError(f"{NOT_RGB}; got {images.shape[-1]}")
     if images.shape.rank is None:  # a trace with relaxed shapes: predict() checked the arrays' rank already
         images = tf.identity(images)
         images.set_shape([None, None, None, None])
-    checks = [tf.debugging.assert_equal(tf.shape(images)[-1], 3, message="predict takes RGB images with 3 "
-                                        "channels (grayscale: tf.image.grayscale_to_rgb; RGBA: image[..., :3])"),
+    checks = [tf.debugging.assert_equal(tf.shape(images)[-1], 3, message=NOT_RGB),
               tf.debugging.assert_positive(tf.shape(images)[1:3],
                                            message="predict: an image has zero height or width")]
     if images.dtype.is_floating:
@@ -217,8 +219,6 @@ def check_predict_input(x):
         return
     shape = tuple(shape)
     if len(shape) != 4:
-        raise ValueError(f"predict takes a batch of images [B, H, W, 3] (one size per batch); got shape {shape} — "
-                         "add a batch axis to one image (image[None])")
+        raise ValueError(f"{NOT_A_BATCH}; got shape {shape} — add a batch axis to one image (image[None])")
     if shape[-1] is not None and shape[-1] != 3:
-        raise ValueError(f"predict takes RGB images with 3 channels; got {shape[-1]} (grayscale: "
-                         "tf.image.grayscale_to_rgb; RGBA: drop the alpha channel, image[..., :3])")
+        raise ValueError(f"{NOT_RGB}; got {shape[-1]}")

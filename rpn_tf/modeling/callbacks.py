@@ -94,6 +94,13 @@ def save_atomically(model, path):
     return path
 
 
+def validation_monitor(model):
+    """``(monitor, mode)`` of the best-model checkpoint with validation data: an RPN's validation recall@N (IoU 0.5,
+    the higher the better); a detector has no recall metric, so its lowest validation loss."""
+    top_n = getattr(model, "recall_top_n", None)
+    return (f"val_recall@{top_n}_iou0.5", "max") if top_n else ("val_loss", "min")
+
+
 class AtomicCheckpoint(keras.callbacks.Callback):
     """Saves the whole model (``.keras``) after every epoch with ``save_atomically``; with ``monitor`` (e.g.
     ``"val_recall@300_iou0.5"``) only when that logged value improves (``mode="max"``) — the best model. The best

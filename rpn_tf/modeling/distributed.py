@@ -162,13 +162,13 @@ class DistributedTrainer:
             options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
             validation = self.strategy.experimental_distribute_dataset(validation_data.with_options(options))
             if best_model_path and self.chief:
-                from rpn_tf.modeling.callbacks import AtomicCheckpoint
+                from rpn_tf.modeling.callbacks import AtomicCheckpoint, validation_monitor
 
-                if monitor is None:  # an RPN: validation recall; a detector (no recall metric): the lowest loss
-                    top_n = getattr(self.model, "recall_top_n", None)
-                    monitor = f"val_recall@{top_n}_iou0.5" if top_n else "val_loss"
-                best = AtomicCheckpoint(best_model_path, monitor, mode="min" if monitor.endswith("loss") else "max",
-                                        resume=initial_epoch > 0)
+                if monitor is None:
+                    monitor, mode = validation_monitor(self.model)
+                else:
+                    mode = "min" if monitor.endswith("loss") else "max"
+                best = AtomicCheckpoint(best_model_path, monitor, mode=mode, resume=initial_epoch > 0)
                 best.set_model(self.model)
         for epoch in range(initial_epoch, epochs):
             start = time.perf_counter()

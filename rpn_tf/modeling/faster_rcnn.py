@@ -131,8 +131,7 @@ class FasterRCNN(keras.Model):
 
     def _proposal_config(self):
         """The RPN's proposal settings, its ``nms="auto"`` resolved by *this* model's compilation (XLA or not)."""
-        config = self.rpn.proposal_config
-        return dataclasses.replace(config, nms=self._nms(config.nms))
+        return self.rpn.proposal_generator.resolved(xla=bool(self.jit_compile))
 
     # -- inference -----------------------------------------------------------------------------------------------
     def detect(self, images, valid_sizes=None, training=False):

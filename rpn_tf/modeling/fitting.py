@@ -122,16 +122,12 @@ def train_model(model, dataset, epochs, *, optimizer="adam", learning_rate=1e-3,
                            validation_steps=validation_steps, best_model_path=best_path)
     callbacks, initial_epoch = list(callbacks), 0
     if out_dir:
-        from rpn_tf.modeling.callbacks import AtomicCheckpoint, CrashSafeBackup
+        from rpn_tf.modeling.callbacks import AtomicCheckpoint, CrashSafeBackup, validation_monitor
 
         backup = CrashSafeBackup(os.path.join(out_dir, "backup"))
         initial_epoch = backup.restore(model)
-        monitor = None
-        if validation_data is not None:  # an RPN: validation recall; a detector (no recall metric): the lowest loss
-            top_n = getattr(model, "recall_top_n", None)
-            monitor = f"val_recall@{top_n}_iou0.5" if top_n else "val_loss"
-        callbacks += [AtomicCheckpoint(best_path, monitor=monitor, mode="min" if monitor == "val_loss" else "max",
-                                       resume=initial_epoch > 0),
+        monitor, mode = validation_monitor(model) if validation_data is not None else (None, "max")
+        callbacks += [AtomicCheckpoint(best_path, monitor=monitor, mode=mode, resume=initial_epoch > 0),
                       keras.callbacks.TensorBoard(os.path.join(out_dir, "logs")), backup]
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
