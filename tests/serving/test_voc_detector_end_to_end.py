@@ -78,7 +78,7 @@ def trained(tmp_path_factory):
                           target_encoder_config={"max_boxes": 4})
     model = rpn_tf.FasterRCNN(len(class_names), rpn=rpn, representation_size=32, seed=0)  # default detection
     data = dataset.map(model.target_encoder).batch(4)
-    history = train_model(model, data, 25, learning_rate=2e-3, verbose=0)
+    history = train_model(model, data, 40, learning_rate=2e-3, verbose=0)
     return model, history, photos, list(dataset.as_numpy_iterator()), tmp_path_factory
 
 
