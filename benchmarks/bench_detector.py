@@ -2,7 +2,7 @@
 
 1. ROI Align: ``rpn_tf.multilevel_roi_align`` (graph, and XLA) vs Model Garden's ``multilevel_crop_and_resize``
    (both: P2–P5 of an 800 × 800 image, 256 channels, 7 × 7 outputs).
-2. Detection post-processing: ``rpn_tf.modeling.roi_heads.postprocess_detections`` (``combined`` and ``padded`` under
+2. Detection post-processing: ``rpn_tf.ops.detections.postprocess_detections`` (``combined`` and ``padded`` under
    XLA) vs Model Garden's ``DetectionGenerator`` (its default ``v2`` NMS) on the same class-specific deltas.
 3. One ``FasterRCNN`` call (the deepforest detector: ``simple_fpn`` at 400 × 400, one class), split into
    pre-processing (decode-free: ``to_canvas``), backbone, RPN (head + proposals), ROI heads (ROI Align + box head)
@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import rpn_tf  # noqa: E402
 from benchmarks.model_garden import INSTALL, import_model_garden  # noqa: E402
-from rpn_tf.modeling.roi_heads import postprocess_detections  # noqa: E402
+from rpn_tf.ops.detections import postprocess_detections  # noqa: E402
 
 
 

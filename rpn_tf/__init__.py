@@ -7,7 +7,8 @@ Sub-packages follow the data (see ``docs/architecture.md``):
   ``rpn_tf.data``      input adapters, tiling, and the ``RpnTargetEncoder`` ``dataset.map`` transform
   ``rpn_tf.modeling``  the RPN's parts (backbones, ``RpnHead``, ``RpnLoss``, ``ProposalGenerator``; ``rpn_parts``),
                        ``RPNModel`` (their assembly), metrics, ``fitting.train_model`` (the one training entry
-                       point), and the detector on it: ``FasterRCNN`` (``BoxHead``, ROI losses, post-processing)
+                       point), and the detector on it: ``FasterRCNN`` = the RPN + ``RoiHeads`` (ROI Align,
+                       ``BoxHead``, ROI sampling and losses, post-processing)
   ``rpn_tf.serving``   the served graph, the SavedModel exporter, the TF Serving client
   ``rpn_tf.tools``     the ``rpn-tf`` CLI, the demo, the deepforest training recipe
   ``rpn_tf.evaluation`` recall@N / AR@N and the recall waterfall; ``rpn_tf.coco_eval``: COCO AP / AR by pycocotools
@@ -23,7 +24,7 @@ import sys as _sys
 _LAZY = {
     "AnchorConfig": "rpn_tf.config",
     "AnchorMatcher": "rpn_tf.ops.matching",
-    "BoxHead": "rpn_tf.modeling.roi_heads",
+    "BoxHead": "rpn_tf.modeling.box_head",
     "DetectionConfig": "rpn_tf.config",
     "FasterRCNN": "rpn_tf.modeling.faster_rcnn",
     "BoxCoder": "rpn_tf.ops.box_coder",
@@ -34,6 +35,7 @@ _LAZY = {
     "ProposalRecall": "rpn_tf.modeling.metrics",
     "RPNModel": "rpn_tf.modeling.rpn_model",
     "ResizeConfig": "rpn_tf.config",
+    "RoiHeads": "rpn_tf.modeling.roi_heads",
     "RoiSampler": "rpn_tf.ops.roi_sampling",
     "RoiSamplerConfig": "rpn_tf.config",
     "RpnHead": "rpn_tf.modeling.head",
@@ -76,6 +78,7 @@ __all__ = [
     "ProposalRecall",
     "ResizeConfig",
     "RPNModel",
+    "RoiHeads",
     "RoiSampler",
     "RoiSamplerConfig",
     "RpnHead",

@@ -41,20 +41,35 @@ class AnchorConfig:
     """Anchors of one feature-map level.
 
     An anchor of scale ``s`` and ratio ``r`` (``r = h / w``) centred on feature cell ``(i, j)`` has centre
-    ``((i + 0.5) * stride, (j + 0.5) * stride)``, height ``stride * s * sqrt(r)`` and width ``stride * s / sqrt(r)``;
-    its area is ``(stride * s) ** 2`` whatever the ratio.
+    ``((i + offset) * stride, (j + offset) * stride)`` (``offset`` 0.5: the cell's centre, the article's), height
+    ``stride * s * sqrt(r)`` and width ``stride * s / sqrt(r)``; its area is ``(stride * s) ** 2`` whatever the
+    ratio.
 
     Attributes:
       stride: input pixels per feature-map cell (16 for VGG16 conv5_3).
       scales: anchor side lengths in units of ``stride`` (8, 16, 32 → 128, 256, 512 px at stride 16).
       ratios: aspect ratios ``h / w``.
+      offset: anchor centres at ``(i + offset) · stride`` (0.5, the cell's centre; torchvision's anchors: 0, the
+        cell's top-left corner).
+      round_half_extents: the half height and width of each anchor rounded to integers, half to even (torchvision's
+        ``AnchorGenerator``; ``False``: exact values, the article's).
+      stride_from_grid: the step between cells is ``canvas size // map size`` per axis instead of ``stride``
+        (torchvision computes it so: 61 px instead of 64 on P6 of an 800-px-high canvas).
     """
 
     stride: int = DEFAULT_STRIDE
     scales: Tuple[float, ...] = DEFAULT_SCALES
     ratios: Tuple[float, ...] = DEFAULT_RATIOS
+    offset: float = 0.5
+    round_half_extents: bool = False
+    stride_from_grid: bool = False
 
     def __post_init__(self):
+        if isinstance(self.offset, bool) or not isinstance(self.offset, (int, float)) or not 0 <= self.offset < 1:
+            raise ValueError(f"AnchorConfig.offset must be a number in [0, 1), got {self.offset!r}")
+        object.__setattr__(self, "offset", float(self.offset))
+        object.__setattr__(self, "round_half_extents", bool(self.round_half_extents))
+        object.__setattr__(self, "stride_from_grid", bool(self.stride_from_grid))
         if isinstance(self.stride, bool) or int(self.stride) != self.stride or self.stride <= 0:
             raise ValueError(f"AnchorConfig.stride must be a positive integer, got {self.stride!r}")
         object.__setattr__(self, "stride", int(self.stride))
@@ -106,6 +121,16 @@ class MultiLevelAnchorConfig:
         return cls(tuple(AnchorConfig(stride=stride, scales=(smallest_size * 2 ** index / stride,), ratios=ratios)
                          for index, stride in enumerate(strides)))
 
+    @classmethod
+    def torchvision(cls, strides=(4, 8, 16, 32, 64), smallest_size=32.0,
+                    ratios=DEFAULT_RATIOS) -> "MultiLevelAnchorConfig":
+        """torchvision's ``AnchorGenerator`` of ``fasterrcnn_resnet50_fpn``: the FPN's sizes (``fpn``) with its
+        conventions — centres on the cells' top-left corners (``offset=0``), half extents rounded half to even,
+        the step between cells ``canvas size // map size``. (rpn-tf's default is the article's: exact values,
+        centred on the cells.)"""
+        return cls(tuple(dataclasses.replace(level, offset=0.0, round_half_extents=True, stride_from_grid=True)
+                         for level in cls.fpn(strides, smallest_size, ratios).levels))
+
 
 AnyAnchorConfig = Union[AnchorConfig, MultiLevelAnchorConfig]
 
@@ -131,6 +156,9 @@ def anchor_config_to_dict(anchor_config) -> dict:
     """JSON-ready data of an anchor config (``as_anchor_config`` reads it back): one level's fields, or
     ``{"levels": [...]}`` for a ``MultiLevelAnchorConfig``."""
     anchor_config = as_anchor_config(anchor_config)
-    levels = [{"stride": level.stride, "scales": list(level.scales), "ratios": list(level.ratios)}
+    defaults = AnchorConfig()
+    levels = [{"stride": level.stride, "scales": list(level.scales), "ratios": list(level.ratios),
+               **{name: getattr(level, name) for name in ("offset", "round_half_extents", "stride_from_grid")
+                  if getattr(level, name) != getattr(defaults, name)}}  # written when not the article's
               for level in anchor_config.levels]
     return levels[0] if isinstance(anchor_config, AnchorConfig) else {"levels": levels}

@@ -6,7 +6,7 @@ import dataclasses
 
 from rpn_tf.config.fields import positive_int_field as _positive_int
 
-RESIZE_POLICIES = ("letterbox", "stretch", "shorter_side")
+RESIZE_POLICIES = ("letterbox", "stretch", "shorter_side", "torchvision")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,6 +20,13 @@ class ResizeConfig:
         longer side at most ``max_size`` (and the result within the canvas), pad bottom / right. The canvas is
         fixed (Model Garden's ``output_size``) rather than per batch, so shapes stay static; make it a multiple of
         the largest stride, e.g. 1344 × 1344 for 800 / 1333.
+      ``"torchvision"``: torchvision's ``GeneralizedRCNNTransform`` exactly — the size ``floor(side · min(
+        shorter_side / shorter, max_size / longer))`` computed in float64 (often 799, not 800), bilinear resizing
+        kept in float (no rounding to the input's dtype), padding bottom / right with the ImageNet mean colour (0
+        after the ``"torchvision"`` normalization, as torchvision pads its normalized images). ``predict`` and the
+        served graph pad a batch only to the next multiple of ``size_divisible`` (32) of its largest image, as
+        torchvision batches, so the canvas varies per batch (a backbone of any input size is needed); the
+        ``tf.data`` encoder pads to the fixed canvas, for training.
     Each resized image carries its ``image_scale`` ``(sy, sx)`` (canvas pixels per original pixel) and its
     ``valid_size`` (the unpadded height and width on the canvas); anchors outside the valid region are ignored and
     proposals are clipped to it.
@@ -28,12 +35,15 @@ class ResizeConfig:
     policy: str = "letterbox"
     shorter_side: int = 800
     max_size: int = 1333
+    size_divisible: int = 32
 
     def __post_init__(self):
         if self.policy not in RESIZE_POLICIES:
             raise ValueError(f"ResizeConfig.policy must be one of {RESIZE_POLICIES}, got {self.policy!r}")
         object.__setattr__(self, "shorter_side", _positive_int("ResizeConfig", "shorter_side", self.shorter_side))
         object.__setattr__(self, "max_size", _positive_int("ResizeConfig", "max_size", self.max_size))
+        object.__setattr__(self, "size_divisible", _positive_int("ResizeConfig", "size_divisible",
+                                                                 self.size_divisible))
         if self.max_size < self.shorter_side:
             raise ValueError(f"ResizeConfig needs max_size >= shorter_side, got {self.max_size} < "
                              f"{self.shorter_side}")
@@ -51,3 +61,8 @@ def as_resize_config(resize) -> ResizeConfig:
         return ResizeConfig(**resize)
     raise TypeError(f"resize must be a policy name {RESIZE_POLICIES}, a dict or a ResizeConfig, got "
                     f"{type(resize).__name__}")
+
+
+def canvas_varies(resize) -> bool:
+    """Whether ``predict`` / serving put a batch on a canvas of its own size (the ``"torchvision"`` policy)."""
+    return as_resize_config(resize).policy == "torchvision"

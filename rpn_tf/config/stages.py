@@ -12,8 +12,7 @@ from rpn_tf.config.fields import fraction_field as _fraction
 from rpn_tf.config.fields import positive_int_field as _positive_int
 from rpn_tf.config.fields import seed_field as _seed
 from rpn_tf.ops.box_coder import BoxCoder
-
-BOX_FORMATS = ("yxyx", "xyxy", "xywh")
+from rpn_tf.ops.box_ops import BOX_FORMATS
 NMS_IMPLEMENTATIONS = ("auto", "padded", "combined")
 SAMPLING_MODES = ("balanced", "none")
 TARGET_FORMATS = ("dense", "sparse")
@@ -121,6 +120,9 @@ class ProposalConfig:
       per_level_nms: with several anchor levels (FPN), NMS within each level, as torchvision and detectron2 do
         (``True``, default), or one NMS over the candidates of all levels (``False``: a box also suppresses
         overlapping boxes of other levels — fewer duplicates of one object across levels).
+      top_k_before_min_size: the pre-NMS top k taken among all boxes, then the small ones dropped (torchvision's
+        ``filter_proposals``: fewer candidates when small boxes score high); ``False`` (default): small boxes are
+        ranked last, so the top k holds boxes of ``min_size`` or more where there are enough.
       nms: ``"padded"`` (rpn-tf's pure-TensorFlow NMS: compiles under XLA, where it is the faster one),
         ``"combined"`` (``tf.image.combined_non_max_suppression``: no XLA kernel, faster without XLA on CPU) or
         ``"auto"`` (default): ``RPNModel`` uses ``"padded"`` when its steps are XLA-compiled
@@ -136,8 +138,10 @@ class ProposalConfig:
     min_size: float = 16.0
     per_level_nms: bool = True
     nms: str = "auto"
+    top_k_before_min_size: bool = False
 
     def __post_init__(self):
+        object.__setattr__(self, "top_k_before_min_size", bool(self.top_k_before_min_size))
         for name in ("pre_nms_top_k_train", "post_nms_top_k_train", "pre_nms_top_k_test", "post_nms_top_k_test"):
             object.__setattr__(self, name, _positive_int("ProposalConfig", name, getattr(self, name)))
         object.__setattr__(self, "nms_iou", _fraction("ProposalConfig", "nms_iou", self.nms_iou, low_open=True))
@@ -152,6 +156,13 @@ class ProposalConfig:
         in all; the rest as the article's. ``RPNModel`` uses it for a multi-level backbone unless told otherwise."""
         return cls(**{"pre_nms_top_k_train": 2000, "post_nms_top_k_train": 1000, "pre_nms_top_k_test": 1000,
                       "post_nms_top_k_test": 1000, **overrides})
+
+    @classmethod
+    def torchvision(cls, **overrides) -> "ProposalConfig":
+        """torchvision's ``fasterrcnn_resnet50_fpn`` RPN: 2 000 / 1 000 per level before NMS (train / test), 2 000 /
+        1 000 after, NMS 0.7 within each level, ``min_size`` 1e-3, small boxes dropped after the top k."""
+        return cls(**{"pre_nms_top_k_train": 2000, "post_nms_top_k_train": 2000, "pre_nms_top_k_test": 1000,
+                      "post_nms_top_k_test": 1000, "min_size": 1e-3, "top_k_before_min_size": True, **overrides})
 
     def top_k(self, training: bool):
         """``(pre_nms_top_k, post_nms_top_k)`` for training or test."""

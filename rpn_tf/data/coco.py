@@ -24,8 +24,11 @@ def from_coco(annotation_file, image_dir, on_error="raise", num_parallel_calls=t
     1…K, as a detector head needs (``FasterRCNN(num_classes=K)``; detectron2 does the same), and the mapping is in
     ``report.categories`` (class → ``{"id", "name"}``). An annotation whose category is not listed is an error.
 
-    ``iscrowd`` boxes are excluded (they mark crowds, not instances; as in COCO training practice they are neither
-    positives nor counted) and counted in the report. Images without annotations are kept (all-background).
+    ``iscrowd`` boxes are excluded from the elements (they mark crowds, not instances; as in COCO training practice
+    they are neither positives nor counted) and counted in the report; evaluation reads them from the file itself
+    (``rpn_tf.coco_eval``: ``ground_truth=annotation_file`` ignores detections on crowd regions, as ``COCOeval``
+    does). Every element carries its ``image_id`` (the file's, when the file's ids are integers as COCO's), for that
+    evaluation. Images without annotations are kept (all-background).
     Raised (or, with ``on_error="skip"``, skipped and counted with the reason): an annotation whose ``image_id``
     matches no image, a ``bbox`` that is not 4 numbers, a declared ``height`` / ``width`` that differs from the
     image file's, an unreadable image file, boxes outside the image. ``verify_images`` (default: on with
@@ -96,10 +99,13 @@ def from_coco(annotation_file, image_dir, on_error="raise", num_parallel_calls=t
                                      "which 'categories' does not list")
                 classes.append(class_of[category] if class_of is not None else int(category))
             check_boxes(boxes, (image["height"], image["width"]), name)
-            records.append((path, boxes, classes))
+            records.append((path, boxes, classes, image["id"]))
         except ValueError as error:
             if on_error == "raise":
                 raise
             report.skipped[name] = str(error)
     report.log(annotation_file)
-    return file_dataset(records, num_parallel_calls), report
+    ids = [record[3] for record in records]
+    integer_ids = all(isinstance(i, int) and not isinstance(i, bool) for i in ids)  # COCO's are; a variant's not
+    return file_dataset([record[:3] for record in records], num_parallel_calls,
+                        image_ids=ids if integer_ids else None), report

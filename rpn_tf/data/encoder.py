@@ -13,8 +13,8 @@ import tensorflow as tf
 
 from rpn_tf.config import DEFAULT_IMAGE_SIZE, AnchorConfig, TargetConfig, anchor_config_to_dict, as_anchor_config, \
     as_resize_config, config_from_kwargs, config_to_dict, validate_image_size
-from rpn_tf.data.gt_boxes import check_boxes_in_image, classes_for, drop_padding_rows, pad_boxes, to_yxyx_pixels, \
-    validate_gt_boxes
+from rpn_tf.data.gt_boxes import check_box_tensor, check_boxes_in_image, classes_for, drop_padding_rows, pad_boxes, \
+    to_yxyx_pixels, validate_gt_boxes
 from rpn_tf.data.resize import prepare_image, resize_to_canvas
 from rpn_tf.ops.anchors import anchor_cell_origins, generate_anchors
 from rpn_tf.ops.box_ops import clip_boxes
@@ -75,11 +75,10 @@ class RpnTargetEncoder:
         """The ``BoxCoder`` of the targets (decode predictions with the same one)."""
         return self.config.box_coder
 
-    def _batched(self, gt_boxes, image_size=None, validate=None):
-        """Converts to yxyx pixels, validates (``validate``, default ``config.validate``), and returns
-        ``([B, G, 4] boxes, batch axis added?)``."""
-        gt_boxes = to_yxyx_pixels(gt_boxes, self.config.box_format, self.config.normalized_boxes,
-                                  self.image_size if image_size is None else image_size)
+    def _batched(self, gt_boxes, validate=None):
+        """Validated (``validate``, default ``config.validate``) float32 ``[B, G, 4]`` yxyx boxes and whether a batch
+        axis was added."""
+        gt_boxes = check_box_tensor(gt_boxes)
         if self.config.validate if validate is None else validate:
             gt_boxes = validate_gt_boxes(gt_boxes)
         if gt_boxes.shape.rank == 2:
@@ -90,7 +89,9 @@ class RpnTargetEncoder:
         """Labels before sampling.
 
         Args:
-          gt_boxes: ``Tensor[G, 4]`` or ``Tensor[B, G, 4]`` in ``box_format``, in network-input pixels.
+          gt_boxes: ``Tensor[G, 4]`` or ``Tensor[B, G, 4]`` yxyx canvas pixels (padding rows of -1 are ignored) —
+            as every ``gt_boxes`` of rpn-tf; ``box_format`` / ``normalized_boxes`` apply to the ``boxes`` that
+            ``__call__`` reads.
           valid_sizes: optional ``(h, w)`` (``[2]`` or ``[B, 2]``) of the unpadded image on the canvas.
 
         Returns:
@@ -104,22 +105,23 @@ class RpnTargetEncoder:
             return labels[0], matched_gt_index[0]
         return labels, matched_gt_index
 
-    def encode(self, gt_boxes, seeds=None, valid_sizes=None):
-        """RPN targets after balanced sampling.
+    def encode(self, gt_boxes, seeds=None, valid_sizes=None, validate=None):
+        """RPN targets after balanced sampling (what ``RPNModel`` computes in its step when given ``gt_boxes``).
 
         Args:
-          gt_boxes: ``Tensor[G, 4]`` or ``Tensor[B, G, 4]`` in ``box_format``, network-input pixels
-            (padding rows of -1 are ignored).
+          gt_boxes: ``Tensor[G, 4]`` or ``Tensor[B, G, 4]`` yxyx canvas pixels (padding rows of -1 are ignored).
           seeds: optional int ``Tensor[B, 2]`` (or ``[2]`` for unbatched input) of stateless seeds overriding
             the encoder's own seeding.
           valid_sizes: optional ``(h, w)`` (``[2]`` or ``[B, 2]``) of the unpadded image on the canvas.
+          validate: check the boxes (NaN / Inf, inverted; default ``config.validate``). The models pass ``False``:
+            they check batches at their input boundary, where the checks also hold under XLA.
 
         Returns:
           dict with ``rpn_labels`` int32 ``Tensor[A]`` / ``[B, A]`` in {1, 0, -1} (sampled) and ``rpn_deltas``
           float32 ``Tensor[A, 4]`` / ``[B, A, 4]``: each anchor's deltas to its matched GT box, zeros where
           there is none; with ``target_format="sparse"`` the sampled anchors only (``RpnTargetAssigner``).
         """
-        boxes, added_batch = self._batched(gt_boxes)
+        boxes, added_batch = self._batched(gt_boxes, validate)
         targets = self.assigner(boxes, seeds, _batched_sizes(valid_sizes), self.config.target_format,
                                 native=self.config.implementation == "native")
         if added_batch:
@@ -151,10 +153,10 @@ class RpnTargetEncoder:
         original_size = tf.shape(image)[:2]
         image, scale, valid_size = resize_to_canvas(image, self.image_size, self.resize)
         gt_boxes, gt_classes = drop_padding_rows(gt_boxes, gt_classes)
-        boxes, added_batch = self._batched(gt_boxes, image_size=original_size, validate=False)
-        if not added_batch:
-            raise ValueError(f"gt_boxes of one example must be [G, 4], got shape {boxes.shape}")
-        boxes = boxes[0]
+        if gt_boxes.shape.rank != 2:
+            raise ValueError(f"the boxes of one example must be [G, 4], got shape {gt_boxes.shape}")
+        # The one place where the input's box format is read: from here on boxes are yxyx pixels.
+        boxes = to_yxyx_pixels(gt_boxes, self.config.box_format, self.config.normalized_boxes, original_size)
         if self.config.validate:  # validate_gt_boxes' checks and the image checks in one tf.cond
             boxes = check_boxes_in_image(boxes, original_size, self.config.normalized_boxes, validate=True)
         gt_classes = classes_for(boxes, gt_classes)

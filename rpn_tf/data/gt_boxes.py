@@ -19,17 +19,25 @@ def validate_gt_boxes(gt_boxes, name="gt_boxes"):
     return box_ops.validate_boxes(gt_boxes, name)
 
 
+def check_box_tensor(boxes, name="gt_boxes"):
+    """float32 ``boxes`` after a static check that they are ``[G, 4]`` or ``[B, G, 4]`` (``ValueError`` naming the
+    shape otherwise)."""
+    boxes = tf.cast(boxes, tf.float32)
+    if boxes.shape.rank is not None and boxes.shape.rank not in (2, 3):
+        raise ValueError(f"{name} must be [G, 4] or [B, G, 4], got shape {boxes.shape}")
+    if boxes.shape[-1] is not None and boxes.shape[-1] != 4:
+        raise ValueError(f"{name} must have 4 coordinates in the last axis, got shape {boxes.shape}")
+    return boxes
+
+
 def to_yxyx_pixels(gt_boxes, box_format, normalized, image_size):
-    """``[G, 4]`` / ``[B, G, 4]`` boxes in ``box_format`` (normalized or not) → float32 yxyx pixels.
+    """``[G, 4]`` / ``[B, G, 4]`` boxes in ``box_format`` (normalized or not) → float32 yxyx pixels: the one
+    conversion at the input edge (the encoder's ``__call__``, the models' ``boxes`` targets).
 
     ``image_size``: ``(height, width)`` or ``Tensor[2]`` of the image the boxes belong to (for normalized boxes).
     Padding rows (all -1) stay padding whatever the format (xywh's -1 rows would read as inverted boxes).
     """
-    gt_boxes = tf.cast(gt_boxes, tf.float32)
-    if gt_boxes.shape.rank is not None and gt_boxes.shape.rank not in (2, 3):
-        raise ValueError(f"gt_boxes must be [G, 4] or [B, G, 4], got shape {gt_boxes.shape}")
-    if gt_boxes.shape[-1] is not None and gt_boxes.shape[-1] != 4:
-        raise ValueError(f"gt_boxes must have 4 coordinates in the last axis, got shape {gt_boxes.shape}")
+    gt_boxes = check_box_tensor(gt_boxes, "boxes")
     if box_format == "yxyx" and not normalized:
         return gt_boxes
     converted = box_ops.convert_boxes(gt_boxes, box_format, "yxyx", image_size=image_size,

@@ -72,8 +72,9 @@ def decode_image_file(path):
         return tf.io.decode_image(data, channels=3, expand_animations=False)
 
 
-def file_dataset(records, num_parallel_calls):
-    """``records``: list of (path, boxes [n, 4], classes [n]) → element dataset decoding files lazily."""
+def file_dataset(records, num_parallel_calls, image_ids=None):
+    """``records``: list of (path, boxes [n, 4], classes [n]) → element dataset decoding files lazily; with
+    ``image_ids`` (one int per record: a COCO file's ids) the elements carry their ``image_id``."""
     paths = [path for path, _, _ in records]
     boxes = tf.ragged.constant([np.asarray(b, np.float32).reshape(-1, 4).tolist() for _, b, _ in records],
                                ragged_rank=1, inner_shape=(4,), dtype=tf.float32) if records else \
@@ -81,10 +82,14 @@ def file_dataset(records, num_parallel_calls):
     classes = tf.ragged.constant([np.asarray(c, np.int32).tolist() for _, _, c in records], dtype=tf.int32,
                                  ragged_rank=1) if records else \
         tf.RaggedTensor.from_row_lengths(tf.zeros([0], tf.int32), tf.zeros([0], tf.int64))
-    dataset = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), boxes, classes))
+    ids = tf.constant(image_ids if image_ids is not None else [0] * len(paths), tf.int64)
+    dataset = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), boxes, classes, ids))
 
-    def load(path, image_boxes, image_classes):
-        return {"image": decode_image_file(path), "boxes": image_boxes, "classes": image_classes}
+    def load(path, image_boxes, image_classes, image_id):
+        element = {"image": decode_image_file(path), "boxes": image_boxes, "classes": image_classes}
+        if image_ids is not None:
+            element["image_id"] = image_id
+        return element
 
     return dataset.map(load, num_parallel_calls=num_parallel_calls)
 

@@ -40,12 +40,42 @@ def resized_shape(original_size, image_size, config: ResizeConfig):
     canvas = tf.constant(image_size, tf.float32)
     if config.policy == "stretch":
         return tf.constant(image_size, tf.int32)
+    if config.policy == "torchvision":  # torchvision's eager transform: Python floats, floor
+        exact = tf.cast(original_size, tf.float64)
+        scale = tf.minimum(config.shorter_side / tf.reduce_min(exact), config.max_size / tf.reduce_max(exact))
+        size = tf.cast(tf.floor(exact * scale), tf.int32)
+        return tf.clip_by_value(size, 1, tf.constant(image_size, tf.int32))
     scale = tf.reduce_min(canvas / original)  # letterbox: fit the canvas
     if config.policy == "shorter_side":
         scale = tf.minimum(scale, tf.minimum(config.shorter_side / tf.reduce_min(original),
                                              config.max_size / tf.reduce_max(original)))
     size = tf.cast(tf.round(original * scale), tf.int32)
     return tf.clip_by_value(size, 1, tf.constant(image_size, tf.int32))
+
+
+# the ImageNet mean colour in 0–255 RGB: the "torchvision" policy's padding (0 after its normalization)
+PADDING_COLOUR = tuple(255.0 * m for m in (0.485, 0.456, 0.406))
+
+
+def _torchvision_resize(image, image_size, config):
+    """``resize_to_canvas`` of the ``"torchvision"`` policy: float32 canvas, mean-colour padding."""
+    original_size = tf.shape(image)[-3:-1]
+    size = resized_shape(original_size, image_size, config)
+    image = tf.cast(image, tf.float32)
+    resized = tf.cond(tf.reduce_all(size == original_size), lambda: tf.identity(image),
+                      lambda: tf.image.resize(image, size, method="bilinear"))
+    colour = tf.constant(PADDING_COLOUR, tf.float32)
+    canvas = tf.image.pad_to_bounding_box(resized - colour, 0, 0, image_size[0], image_size[1]) + colour
+    canvas = tf.ensure_shape(canvas, [*image.shape[:-3], *image_size, 3])
+    return canvas, tf.cast(size, tf.float32) / tf.cast(original_size, tf.float32), size
+
+
+def trim_canvas(canvas, valid_sizes, divisor):
+    """A batch of canvases ``[B, H, W, 3]`` cut down to the next multiple of ``divisor`` of its largest valid size
+    (``valid_sizes`` ``[B, 2]``): torchvision's ``batch_images`` — the canvas of a batch is its own size."""
+    largest = tf.cast(tf.reduce_max(tf.reshape(valid_sizes, [-1, 2]), axis=0), tf.int32)
+    size = tf.minimum((largest + divisor - 1) // divisor * divisor, tf.shape(canvas)[1:3])
+    return canvas[:, :size[0], :size[1]]
 
 
 def resize_to_canvas(image, image_size, config=None):
@@ -66,6 +96,8 @@ def resize_to_canvas(image, image_size, config=None):
     """
     config = as_resize_config(config)
     image = tf.convert_to_tensor(image)
+    if config.policy == "torchvision":
+        return _torchvision_resize(image, image_size, config)
     if config.policy in ("letterbox", "stretch") and tuple(image.shape[-3:-1]) == tuple(image_size):
         # Statically canvas-sized (e.g. resized earlier in the pipeline): nothing to resample or pad.
         size = tf.constant(image_size, tf.int32)

@@ -27,9 +27,11 @@ from rpn_tf.config import validate_image_size
 from rpn_tf.modeling.backbone_names import BUILTIN_BACKBONES, FPN_BACKBONES, FPN_STRIDES
 from rpn_tf.modeling.fpn import feature_pyramid
 
-PREPROCESSING_MODES = ("caffe", "tf", "unit", "none")
+PREPROCESSING_MODES = ("caffe", "tf", "unit", "torchvision", "none")
 _APPLICATIONS = {"vgg16": "VGG16", "resnet50": "ResNet50", "mobilenet_v2": "MobileNetV2"}
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's normalization of 0–1 RGB pixels
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @keras.saving.register_keras_serializable(package="rpn_tf")
@@ -37,7 +39,8 @@ class ImagePreprocessing(keras.layers.Layer):
     """Maps 0–255 RGB images to what a backbone expects.
 
     ``"caffe"``: RGB → BGR minus the ImageNet BGR means (VGG16, ResNet50 in ``keras.applications``);
-    ``"tf"``: ``x / 127.5 - 1`` (MobileNetV2); ``"unit"``: ``x / 255``; ``"none"``: unchanged.
+    ``"tf"``: ``x / 127.5 - 1`` (MobileNetV2); ``"unit"``: ``x / 255``; ``"torchvision"``: ``(x / 255 - mean) /
+    std`` with ImageNet's RGB mean and std (torchvision's ``GeneralizedRCNNTransform``); ``"none"``: unchanged.
     """
 
     def __init__(self, mode="caffe", **kwargs):
@@ -54,6 +57,10 @@ class ImagePreprocessing(keras.layers.Layer):
             return images / 127.5 - 1.0
         if self.mode == "unit":
             return images / 255.0
+        if self.mode == "torchvision":
+            mean = keras.ops.convert_to_tensor(np.array(IMAGENET_MEAN), self.compute_dtype)
+            std = keras.ops.convert_to_tensor(np.array(IMAGENET_STD), self.compute_dtype)
+            return (images / 255.0 - mean) / std
         return images
 
     def get_config(self):
@@ -99,8 +106,7 @@ def feature_strides(model, image_size):
     """Strides of a backbone's output maps (a map, a list or a dict of maps), finest first, from their static
     sizes: the powers of two ``s`` with ``ceil(size / s)`` equal to the map's size."""
     strides = []
-    for output in feature_list(model.output):
-        size = (int(output.shape[1]), int(output.shape[2]))
+    for size in feature_shapes(model, image_size):
         matches = [2 ** k for k in range(12)
                    if (-(-image_size[0] // 2 ** k), -(-image_size[1] // 2 ** k)) == size]
         if not matches:
@@ -109,7 +115,22 @@ def feature_strides(model, image_size):
     return tuple(strides)
 
 
-def build_backbone(backbone, image_size, weights=None, stride=None, freeze_layers=0):
+def freeze_batch_norm(model):
+    """Puts every batch norm layer of ``model`` (nested models included) in inference mode with fixed statistics and
+    affine parameters — torchvision's ``FrozenBatchNorm2d``, detectron2's ``FrozenBN`` — by making it non-trainable
+    (a non-trainable Keras ``BatchNormalization`` normalizes with its moving statistics, whatever ``training``).
+    Returns the number of layers frozen."""
+    count = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            count += freeze_batch_norm(layer)
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+            count += 1
+    return count
+
+
+def build_backbone(backbone, image_size, weights=None, stride=None, freeze_layers=0, frozen_batch_norm=False):
     """Builds a backbone.
 
     Args:
@@ -119,6 +140,7 @@ def build_backbone(backbone, image_size, weights=None, stride=None, freeze_layer
         for the full ``keras.applications`` model without top. Only for built-in ``keras.applications`` names.
       stride: input pixels per feature-map cell; required for a user model, checked for built-ins.
       freeze_layers: the first this many backbone layers are made non-trainable.
+      frozen_batch_norm: every batch norm layer frozen (``freeze_batch_norm``): for pretrained weights.
 
     Returns:
       ``(model, strides, preprocessing_mode)``: ``strides`` one per output map, finest first (one entry for a
@@ -156,16 +178,35 @@ def build_backbone(backbone, image_size, weights=None, stride=None, freeze_layer
         raise ValueError(f"freeze_layers must be >= 0, got {freeze_layers}")
     for layer in model.layers[:freeze_layers]:
         layer.trainable = False
+    if frozen_batch_norm:
+        freeze_batch_norm(model)
     return model, strides or (int(stride),), mode
 
 
 def feature_list(features):
-    """A backbone's output as a list of maps, finest first (a dict's levels sorted by size)."""
+    """A backbone's output as a list of maps, finest first (a dict's levels sorted by size; maps of a size known
+    only at run time — a backbone of any input size — in the order given)."""
     if isinstance(features, dict):
         features = list(features.values())
     if not isinstance(features, (list, tuple)):
         return [features]
+    if any(feature.shape[1] is None for feature in features):
+        return list(features)
     return sorted(features, key=lambda feature: -int(feature.shape[1]))
+
+
+def feature_shapes(model, image_size):
+    """The ``(height, width)`` of each of a backbone's maps (finest first) for ``image_size`` inputs: the static
+    output shapes, or — for a backbone of any input size — Keras's shape inference at that size."""
+    outputs = feature_list(model.output)
+    if all(output.shape[1] is not None and output.shape[2] is not None for output in outputs):
+        return [(int(output.shape[1]), int(output.shape[2])) for output in outputs]
+    shapes = model.compute_output_shape((1, *image_size, 3))
+    if isinstance(shapes, dict):
+        shapes = list(shapes.values())
+    if not isinstance(shapes, (list, tuple)) or (shapes and isinstance(shapes[0], int)):
+        shapes = [shapes]
+    return [(int(shape[1]), int(shape[2])) for shape in shapes]
 
 
 def check_input_size(images, image_size):

@@ -90,6 +90,13 @@ class DistributedTrainer:
         self._step = self._replica_loop(model.train_step)
         self._test_step = self._replica_loop(model.test_step)
 
+    def _checked(self, dataset):
+        """``dataset`` through the model's input boundary (``check_batch``) on the host, as ``fit``'s: its checks
+        hold under XLA and on a TPU."""
+        from rpn_tf.modeling.inputs import checked_inputs
+
+        return checked_inputs(dataset, None, self.model.check_batch)[0]
+
     def restore(self):
         """Restores the newest checkpoint of ``checkpoint_dir`` (if any) and returns the epoch to start from."""
         latest = tf.train.latest_checkpoint(self.checkpoint_dir)
@@ -149,7 +156,8 @@ class DistributedTrainer:
             raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
         initial_epoch = self.restore()
         history = {}
-        distributed = self.strategy.experimental_distribute_dataset(dataset)
+        # the model's input boundary (check_batch) on the host, as fit's: its checks hold under XLA / on a TPU
+        distributed = self.strategy.experimental_distribute_dataset(self._checked(dataset))
         validation, best = None, None
         if validation_data is not None:
             if validation_steps is None:
@@ -160,7 +168,8 @@ class DistributedTrainer:
                 raise ValueError("the validation data holds no whole global batch: validation would be skipped")
             options = tf.data.Options()  # sharded like the training data: the replicas' parts add up to the whole
             options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-            validation = self.strategy.experimental_distribute_dataset(validation_data.with_options(options))
+            validation = self.strategy.experimental_distribute_dataset(
+                self._checked(validation_data).with_options(options))
             if best_model_path and self.chief:
                 from rpn_tf.modeling.callbacks import AtomicCheckpoint, validation_monitor
 

@@ -1,5 +1,8 @@
 """Feature pyramid (FPN, Lin et al. 2017) on a backbone's C2–C5 maps: P2–P5 by top-down merging, P6 by subsampling.
 
+The nearest ×2 upsampling cropped to the lateral's size equals torchvision's ``F.interpolate(size=lateral's,
+mode="nearest")`` (``floor(i · in / out)`` = ``i // 2`` when ``in = ceil(out / 2)``), for static and run-time sizes.
+
 Shape shorthand: B images, Ci the backbone map at stride 2^i, Pi the pyramid level at stride 2^i, C channels.
 As detectron2's ``FPN`` with ``LastLevelMaxPool``: lateral 1×1 convs to C channels, nearest-neighbour ×2
 upsampling added top-down, a 3×3 conv on every merged map, P6 = P5 subsampled (1×1 max pool, stride 2).
@@ -19,6 +22,9 @@ class TopDownMerge(keras.layers.Layer):
         coarse, lateral = inputs
         upsampled = keras.ops.repeat(keras.ops.repeat(coarse, 2, axis=1), 2, axis=2)
         height, width = lateral.shape[1], lateral.shape[2]
+        if height is None or width is None:  # a backbone of any input size (torchvision's): the size at run time
+            shape = keras.ops.shape(lateral)
+            height, width = shape[1], shape[2]
         return lateral + upsampled[:, :height, :width, :]
 
 

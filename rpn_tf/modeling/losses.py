@@ -1,6 +1,7 @@
-"""RPN losses: binary cross-entropy over the sampled anchors and smooth-L1 over the positives.
+"""The losses: the RPN's (binary cross-entropy over the sampled anchors, smooth-L1 over the positives) and the second
+stage's (``roi_losses``: softmax cross-entropy over the sampled ROIs, class-specific smooth-L1 over the positives).
 
-Shape shorthand: B images, A anchors. Sums are returned unnormalized; ``RPNModel`` divides them by the number of
+Shape shorthand: B images, A anchors, R sampled ROIs, K object classes. Sums are returned unnormalized; ``RPNModel`` divides them by the number of
 sampled anchors of the *global* batch (``global_sum``), so that gradients summed over replicas equal the
 single-device ones.
 """
@@ -11,7 +12,7 @@ import keras
 import tensorflow as tf
 
 from rpn_tf.ops.box_ops import iou_matrix
-from rpn_tf.ops.sampling import random_seeds, sample_hard_negatives
+from rpn_tf.ops.sampling import random_seeds, sample_hard_negatives, seeded_generator
 
 
 def smooth_l1(difference, beta):
@@ -83,6 +84,38 @@ def rpn_loss_sums(rpn_labels, rpn_deltas, objectness_logits, box_deltas, smooth_
     return objectness_sum, box_sum, tf.reduce_sum(sampled), tf.reduce_sum(correct), tf.reduce_sum(positive)
 
 
+def roi_losses(class_logits, box_deltas, roi_classes, roi_deltas, smooth_l1_beta=1.0 / 9.0):
+    """Fast R-CNN losses over the sampled ROIs (torchvision's ``fastrcnn_loss``), unnormalized.
+
+    Args:
+      class_logits: ``[B, R, K + 1]``; box_deltas: ``[B, R, K, 4]`` (``BoxHead``'s outputs).
+      roi_classes: int ``[B, R]``: GT class of each sampled ROI (1…K), 0 background, -1 padding (``RoiSampler``).
+      roi_deltas: ``[B, R, 4]`` regression targets of the positives.
+      smooth_l1_beta: smooth-L1 transition point (1/9, torchvision's).
+
+
+    Classification: softmax cross-entropy over the ``K + 1`` classes, averaged over the sampled ROIs (padding,
+    class -1, left out). Box: smooth-L1 (``smooth_l1_beta``) between the deltas predicted *for the ROI's GT class*
+    and the targets, summed over the positive ROIs and divided by the number of sampled ROIs.
+
+    Returns:
+      ``(classification_sum, box_sum, num_sampled, num_correct)`` float32 scalars: the losses are
+      ``sum / max(num_sampled, 1)`` (a batch without any sampled ROI gives 0, not NaN).
+    """
+    roi_classes = tf.cast(roi_classes, tf.int32)
+    sampled = roi_classes >= 0
+    weights = tf.cast(sampled, tf.float32)
+    safe_classes = tf.maximum(roi_classes, 0)
+    cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe_classes, logits=class_logits)
+    classification_sum = tf.reduce_sum(cross_entropy * weights)
+    positive = roi_classes > 0
+    predicted = tf.gather(box_deltas, tf.maximum(roi_classes - 1, 0), batch_dims=2)  # (B, R, 4)
+    box_error = smooth_l1(predicted - tf.cast(roi_deltas, tf.float32), float(smooth_l1_beta))
+    box_sum = tf.reduce_sum(tf.reduce_sum(box_error, axis=-1) * tf.cast(positive, tf.float32))
+    correct = tf.cast(tf.argmax(class_logits, axis=-1, output_type=tf.int32) == roi_classes, tf.float32) * weights
+    return classification_sum, box_sum, tf.reduce_sum(weights), tf.reduce_sum(correct)
+
+
 def global_sum(value):
     """Sum of ``value`` over the replicas of the current ``tf.distribute`` step (itself on one device)."""
     context = tf.distribute.get_replica_context()
@@ -104,7 +137,8 @@ class RpnLoss:
     (as IoU-Net / VarifocalNet score boxes): a shifted box of an object scores lower than a well-fitting one.
 
     ``__call__(rpn_labels [B, A], rpn_deltas [B, A, 4], objectness_logits [B, A], box_deltas [B, A, 4],
-    positive_targets=None)`` →
+    positive_targets=None, seeds=None)`` (``seeds``: int64 ``[B, 2]`` for the positives' draw of hard mining; default
+    this loss's generator, seeded from the global seed) →
     ``(loss, (objectness_sum, box_sum, num_sampled, num_correct, count))`` with ``count`` this replica's share of
     the normalizer (so that ``Σ sums / Σ count`` over replicas and steps is the logged loss).
     """
@@ -126,13 +160,13 @@ class RpnLoss:
         self.focal_gamma, self.focal_alpha = float(focal_gamma), focal_alpha
         self.smooth_l1_beta, self.box_loss_weight = float(smooth_l1_beta), float(box_loss_weight)
         self.samples_per_image, self.positive_fraction = samples_per_image, positive_fraction
-        self._generator = tf.random.Generator.from_non_deterministic_state() if negative_sampling == "hard" \
-            else None
+        self._generator = seeded_generator() if negative_sampling == "hard" else None
 
-    def __call__(self, rpn_labels, rpn_deltas, objectness_logits, box_deltas, positive_targets=None):
+    def __call__(self, rpn_labels, rpn_deltas, objectness_logits, box_deltas, positive_targets=None, seeds=None):
         labels = rpn_labels
         if self.negative_sampling == "hard":
-            seeds = random_seeds(tf.shape(labels)[0], self._generator)
+            if seeds is None:
+                seeds = random_seeds(tf.shape(labels)[0], self._generator)
             labels = sample_hard_negatives(labels, objectness_logits, seeds, self.samples_per_image,
                                            self.positive_fraction)
         objectness_sum, box_sum, num_sampled, num_correct, num_positive = rpn_loss_sums(

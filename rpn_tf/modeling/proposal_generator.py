@@ -7,11 +7,13 @@ from __future__ import annotations
 import dataclasses
 
 import keras
+import tensorflow as tf
 
 from rpn_tf.config import AnchorConfig, ProposalConfig, anchor_config_to_dict, as_anchor_config, \
     config_from_kwargs, config_to_dict, validate_image_size
-from rpn_tf.ops.anchors import anchors_per_level, generate_anchors
+from rpn_tf.ops.anchors import anchors_per_level, generate_anchors, level_anchors_in_graph
 from rpn_tf.ops.box_coder import BoxCoder
+from rpn_tf.ops.nms import resolve_nms
 from rpn_tf.ops.proposals import generate_proposals
 
 
@@ -43,16 +45,26 @@ class ProposalGenerator:
         self.level_sizes = anchors_per_level(self.image_size, self.anchor_config)
 
     def resolved(self, config=None, xla=False):
-        """``config`` (default the generator's) with ``nms="auto"`` resolved for an XLA step or not."""
+        """``config`` (default the generator's) with ``nms="auto"`` resolved (``resolve_nms``): ``xla`` for an
+        XLA-compiled function or a training step."""
         config = config or self.config
-        if config.nms == "auto":
-            config = dataclasses.replace(config, nms="padded" if xla else "combined")
-        return config
+        return dataclasses.replace(config, nms=resolve_nms(config.nms, xla))
 
-    def __call__(self, objectness_logits, box_deltas, training=False, valid_sizes=None, config=None, xla=False):
-        return generate_proposals(self.anchors, objectness_logits, box_deltas, self.image_size,
-                                  self.resolved(config, xla), training=training, box_coder=self.box_coder,
-                                  valid_sizes=valid_sizes, level_sizes=self.level_sizes)
+    def __call__(self, objectness_logits, box_deltas, training=False, valid_sizes=None, config=None, xla=False,
+                 canvas_size=None, map_sizes=None):
+        """See the class docstring; ``canvas_size`` (int ``[2]``) and ``map_sizes`` (one int ``[2]`` per level),
+        known at run time, place the anchors on a canvas other than ``image_size`` (a backbone of any input size:
+        the ``"torchvision"`` resize policy), computed in the graph by the same rules."""
+        anchors, level_sizes, clip_size = self.anchors, self.level_sizes, self.image_size
+        if map_sizes is not None:
+            levels = self.anchor_config.levels
+            per_level = [level_anchors_in_graph(canvas_size, size, level) for size, level in zip(map_sizes, levels)]
+            anchors = tf.concat(per_level, axis=0)
+            level_sizes = [tf.shape(level_anchors)[0] for level_anchors in per_level]
+            clip_size = tf.cast(canvas_size, tf.float32)
+        return generate_proposals(anchors, objectness_logits, box_deltas, clip_size, self.resolved(config, xla),
+                                  training=training, box_coder=self.box_coder, valid_sizes=valid_sizes,
+                                  level_sizes=level_sizes)
 
     def get_config(self):
         return {"image_size": list(self.image_size), "anchor_config": anchor_config_to_dict(self.anchor_config),

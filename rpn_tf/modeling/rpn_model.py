@@ -10,21 +10,23 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from rpn_tf.config import DEFAULT_IMAGE_SIZE, ProposalConfig, anchor_config_to_dict, config_from_kwargs, config_to_dict
-from rpn_tf.data.resize import resize_to_canvas
-from rpn_tf.modeling.backbones import check_input_size, check_predict_input, check_raw_images, feature_list
+from rpn_tf.config import DEFAULT_IMAGE_SIZE, ProposalConfig, anchor_config_to_dict, canvas_varies, \
+    config_from_kwargs, config_to_dict
+from rpn_tf.data.resize import resize_to_canvas, trim_canvas
+from rpn_tf.modeling.backbones import check_input_size, check_raw_images, feature_list
+from rpn_tf.modeling.base import HARD_MINING_STREAM, RPN_SAMPLING_STREAM, DetectionModel, boxes_in_original_pixels
 from rpn_tf.modeling.losses import decoded_iou
 from rpn_tf.modeling.metrics import ProposalRecall, RatioMean
 from rpn_tf.modeling.proposal_generator import ProposalGenerator
 from rpn_tf.modeling.rpn_parts import assemble_parts, build_rpn_parts, check_parts, deserialize_parts
-from rpn_tf.ops.box_ops import clip_boxes
+from rpn_tf.ops.box_ops import parse_bounding_box_format
 
 TARGET_KEYS = ("rpn_labels", "rpn_deltas")
 SPARSE_TARGET_KEYS = ("rpn_sample_indices", "rpn_sample_labels", "rpn_sample_deltas")
 
 
 @keras.saving.register_keras_serializable(package="rpn_tf")
-class RPNModel(keras.Model):
+class RPNModel(DetectionModel):
     """Region Proposal Network: backbone → ``RpnHead`` (3×3 conv, sibling 1×1 convs), outputs in the encoder's
     anchor order. With a pyramid backbone (FPN) one head is shared by every level (the FPN paper) and the levels'
     outputs are concatenated in anchor order (level, row, column, anchor).
@@ -36,9 +38,12 @@ class RPNModel(keras.Model):
 
     Training data for ``fit`` / ``evaluate``: ``(images, targets)`` where ``targets`` holds either
     ``rpn_labels`` and ``rpn_deltas`` (from ``ds.map(RpnTargetEncoder(...))``), or only padded ``gt_boxes``
-    ``[B, M, 4]`` — then ``train_step`` labels the batch itself with ``self.target_encoder`` (on the accelerator).
+    ``[B, M, 4]`` yxyx canvas pixels (or ``boxes`` in ``bounding_box_format``, KerasHub's convention) — then
+    ``train_step`` labels the batch itself with ``self.target_encoder`` (on the accelerator). Batches are read and
+    checked on the host before the step (``check_batch``: ``modeling/inputs.py``), so the checks hold under XLA.
     ``evaluate`` also reports proposal recall when ``gt_boxes`` are present. With ``compile(jit_compile=True)``
-    every step (``fit``, ``evaluate``, ``predict``) compiles whole under XLA (``ProposalConfig.nms="padded"``).
+    every step (``fit``, ``evaluate``, ``predict``) compiles whole under XLA; training and evaluation steps use the
+    padded NMS (every op has a GPU kernel) whether compiled or not.
 
     The model is an assembly of standalone parts (``rpn_tf.modeling.rpn_parts``: ``preprocessing``, ``backbone``,
     ``target_encoder`` — anchors and targets —, ``head``, ``rpn_loss``, ``proposal_generator``), built here from
@@ -76,36 +81,53 @@ class RPNModel(keras.Model):
       objectness_target: ``"binary"`` (default: the article's 1 for positives, 0 for negatives) or ``"iou"``:
         a positive's target is the IoU of its decoded predicted box with its GT box (no gradient through it), so
         scores rank boxes by how well they fit (IoU-aware objectness; ``docs/recipes.md``).
+      freeze_batch_norm: the backbone's batch norm layers in inference mode with fixed statistics and affine
+        parameters (torchvision's ``FrozenBatchNorm2d``, detectron2's ``FrozenBN``): with 2–8 images per batch,
+        batch statistics would overwrite the pretrained ones. Default ``None``: frozen when ``weights`` are loaded,
+        trained from scratch otherwise (torchvision's builders do the same).
       parts: ``RpnParts`` (or their serialized form) instead of the arguments above: ``from_parts`` passes them.
+      bounding_box_format: format of targets' ``boxes`` (``BOUNDING_BOX_FORMATS``; ``rel_*`` in units of the canvas);
+        ``gt_boxes`` are always yxyx canvas pixels.
+      seed: seeds the anchor sampling done in the step (targets given as ``gt_boxes``) and hard-negative mining;
+        ``None``: drawn from the global seed (``keras.utils.set_random_seed``), so a seeded program repeats.
     """
 
     def __init__(self, image_size=DEFAULT_IMAGE_SIZE, anchor_config=None, backbone="vgg16", backbone_stride=None,
                  weights=None, freeze_backbone_layers=0, preprocessing=None, head_channels=None,
                  box_loss_weight=1.0, smooth_l1_beta=1.0 / 9.0, target_encoder_config=None, proposal_config=None,
                  recall_top_n=300, resize=None, objectness_loss="bce", focal_gamma=2.0, focal_alpha=0.25,
-                 negative_sampling="random", objectness_target="binary", parts=None, **kwargs):
+                 negative_sampling="random", objectness_target="binary", parts=None, freeze_batch_norm=None,
+                 bounding_box_format="yxyx", seed=None, **kwargs):
         super().__init__(**kwargs)
+        parse_bounding_box_format(bounding_box_format)  # a ValueError naming the choices
+        self.bounding_box_format, self.seed = bounding_box_format, seed
+        self.seed_generator = self._make_seed_generator(seed, "rpn_sampling_seed")
         if parts is None:
+            if freeze_batch_norm is None:
+                freeze_batch_norm = weights is not None
             parts = build_rpn_parts(image_size, anchor_config, backbone, backbone_stride, weights,
                                     freeze_backbone_layers, preprocessing, head_channels, box_loss_weight,
                                     smooth_l1_beta, target_encoder_config, proposal_config, resize, objectness_loss,
-                                    focal_gamma, focal_alpha, negative_sampling, objectness_target)
+                                    focal_gamma, focal_alpha, negative_sampling, objectness_target,
+                                    bool(freeze_batch_norm))
             self.backbone_name = backbone if isinstance(backbone, str) else None
             self._from_parts = False
         else:  # from_parts, or a from_parts model's config
-            if freeze_backbone_layers:
-                raise ValueError("freeze_backbone_layers applies to a backbone built from arguments; with parts, "
-                                 "set trainable=False on your backbone's layers")
+            if freeze_backbone_layers or freeze_batch_norm:
+                raise ValueError("freeze_backbone_layers / freeze_batch_norm apply to a backbone built from "
+                                 "arguments; with parts, freeze your backbone's layers yourself "
+                                 "(rpn_tf.modeling.backbones.freeze_batch_norm(backbone))")
             if isinstance(parts, dict):
                 parts = assemble_parts(**deserialize_parts(parts))
             self.backbone_name, self._from_parts = None, True
         self.freeze_backbone_layers = int(freeze_backbone_layers)
+        self.freeze_batch_norm = bool(freeze_batch_norm)
         self.recall_top_n = int(recall_top_n)
         self._assemble(parts)
 
     @classmethod
     def from_parts(cls, backbone, target_encoder, head=None, loss=None, proposal_generator=None, preprocessing=None,
-                   recall_top_n=300, **kwargs):
+                   recall_top_n=300, bounding_box_format="yxyx", seed=None, **kwargs):
         """An RPN assembled from parts of your own (``rpn_tf.modeling.rpn_parts``): a ``keras.Model`` backbone
         (one map or a list / dict of maps), an ``RpnTargetEncoder`` (canvas size, anchors, targets), and optionally
         an ``RpnHead`` (default the article's), an ``RpnLoss`` (default BCE + smooth-L1), a ``ProposalGenerator``
@@ -114,7 +136,17 @@ class RPNModel(keras.Model):
         ``"none"``: the backbone takes 0–255 pixels). The parts are checked against each other once
         (``check_parts``); the model saves and loads as any ``RPNModel`` (its config holds each part's)."""
         return cls(image_size=None, parts=assemble_parts(backbone, target_encoder, head, loss, proposal_generator,
-                                                         preprocessing), recall_top_n=recall_top_n, **kwargs)
+                                                         preprocessing), recall_top_n=recall_top_n,
+                   bounding_box_format=bounding_box_format, seed=seed, **kwargs)
+
+    @classmethod
+    def from_torchvision(cls, source, batch_norm_epsilon="auto", trainable_backbone_layers=3, **kwargs):
+        """torchvision's RPN (``fasterrcnn_resnet50_fpn``'s ResNet-50-FPN backbone and RPN head) with the weights of
+        ``source`` (``FasterRCNN.from_torchvision``'s sources; second-stage weights are not used): COCO-pretrained
+        proposals for any second stage. ``**kwargs``: ``from_parts``' (``seed``, ``recall_top_n``…)."""
+        from rpn_tf.interop.torchvision import rpn_from_torchvision
+
+        return rpn_from_torchvision(source, batch_norm_epsilon, trainable_backbone_layers, **kwargs)
 
     def _assemble(self, parts):
         check_parts(parts)
@@ -184,10 +216,17 @@ class RPNModel(keras.Model):
     def call(self, images, training=None):
         return self.head_outputs(self.features(images, training=training))
 
+    @property
+    def canvas_varies(self) -> bool:
+        """Whether ``predict`` and the served graph put each batch on a canvas of its own size (the
+        ``"torchvision"`` resize policy; the backbone takes any size) rather than on ``image_size``."""
+        return canvas_varies(self.resize)
+
     def features(self, images, training=None):
         """The backbone's feature maps of ``[B, H, W, 3]`` canvas images (0–255), finest first (a second stage reads
-        them: ``FasterRCNN``)."""
-        images = check_input_size(images, self.image_size)
+        them: ``FasterRCNN``). The canvas is ``image_size``, or any size when ``canvas_varies``."""
+        if not self.canvas_varies:
+            images = check_input_size(images, self.image_size)
         return feature_list(self.backbone(self.preprocessing(images), training=training))
 
     def head_outputs(self, features):
@@ -204,25 +243,26 @@ class RPNModel(keras.Model):
                 self.recall_metric]
 
     def _unpack(self, data):
-        if isinstance(data, (tuple, list)):
-            images, targets = data[0], data[1] if len(data) > 1 else None
-        else:
-            images, targets = data, None
-        if isinstance(images, dict):
-            images = images["image"]
-        if not isinstance(targets, dict):
-            raise ValueError("RPNModel expects (images, targets) with targets a dict holding 'rpn_labels' and "
-                             "'rpn_deltas' (from RpnTargetEncoder) or padded 'gt_boxes'")
+        """``(images, targets)`` of a step: targets read once (``DetectionModel._unpack``: ``gt_boxes`` yxyx canvas
+        pixels) and the RPN's labels computed in the step when the targets do not hold them."""
+        images, targets = super()._unpack(data)
         if not all(key in targets for key in TARGET_KEYS) and not all(key in targets for key in SPARSE_TARGET_KEYS):
             if "gt_boxes" not in targets:
-                raise ValueError(f"targets need {TARGET_KEYS} or 'gt_boxes'; got {sorted(targets)}")
+                raise ValueError(f"targets need {TARGET_KEYS}, 'gt_boxes' or 'boxes'; got {sorted(targets)}")
             targets = self.encode_targets(targets)
         return images, targets
 
-    def encode_targets(self, targets):
-        """``targets`` (padded ``gt_boxes`` ``[B, M, 4]``, optional ``valid_size``) plus the RPN's labels and deltas,
-        computed in the step (on the accelerator) by the same ops as the ``tf.data`` path, batched."""
-        return {**targets, **self.target_encoder.encode(targets["gt_boxes"], valid_sizes=targets.get("valid_size"))}
+    def encode_targets(self, targets, seeds=None):
+        """``targets`` (padded ``gt_boxes`` ``[B, M, 4]`` yxyx canvas pixels, optional ``valid_size``) plus the RPN's
+        labels and deltas, computed in the step (on the accelerator) by the same ops as the ``tf.data`` path, batched.
+        ``seeds`` (int64 ``[B, 2]``) default: the model's seed generator in a step, unless ``TargetConfig.seed``
+        fixes the sample (content seeds)."""
+        gt_boxes = targets["gt_boxes"]
+        if seeds is None and self.target_encoder.config.seed is None:
+            seeds = self.step_seeds(tf.shape(gt_boxes)[0], RPN_SAMPLING_STREAM)
+        # gt_boxes were checked at the input boundary (check_batch); the encoder does not check them again
+        return {**targets, **self.target_encoder.encode(gt_boxes, seeds=seeds, valid_sizes=targets.get("valid_size"),
+                                                        validate=False)}
 
     def _rpn_losses(self, targets, outputs):
         loss, (objectness_sum, box_sum, num_sampled, num_correct, count) = self.rpn_loss_terms(targets, outputs)
@@ -248,7 +288,10 @@ class RPNModel(keras.Model):
         if self.rpn_loss.objectness_target == "iou":
             anchors = self.anchors[None] if indices is None else tf.gather(self.anchors, indices)
             positive_targets = decoded_iou(box_deltas, deltas, anchors, self.target_encoder.box_coder)
-        return self.rpn_loss(labels, deltas, logits, box_deltas, positive_targets)
+        seeds = None
+        if self.rpn_loss.negative_sampling == "hard":
+            seeds = self.step_seeds(tf.shape(labels)[0], HARD_MINING_STREAM)
+        return self.rpn_loss(labels, deltas, logits, box_deltas, positive_targets, seeds=seeds)
 
     def _logs(self, include_recall=True):
         logs = {}
@@ -258,19 +301,6 @@ class RPNModel(keras.Model):
             result = metric.result()
             logs.update(result if isinstance(result, dict) else {metric.name: result})
         return logs
-
-    def fit(self, x=None, y=None, *args, shuffle=None, **kwargs):
-        """``keras.Model.fit``; a ``tf.data.Dataset`` is not reshuffled by Keras anyway, so ``shuffle`` defaults to
-        ``False`` for one (Keras's default ``True`` only prints a warning on every call)."""
-        if shuffle is None:
-            shuffle = not isinstance(x, tf.data.Dataset)
-        return super().fit(x, y, *args, shuffle=shuffle, **kwargs)
-
-    def predict(self, x, *args, **kwargs):
-        """``keras.Model.predict`` on raw images ``[B, H0, W0, 3]`` (``predict_step``); a wrong rank or channel
-        count is named before anything runs."""
-        check_predict_input(x)
-        return super().predict(x, *args, **kwargs)
 
     def train_step(self, data):
         images, targets = self._unpack(data)
@@ -288,60 +318,70 @@ class RPNModel(keras.Model):
         outputs = self(images, training=False)
         self._rpn_losses(targets, outputs)
         if "gt_boxes" in targets:
-            proposals = self.propose(outputs, training=False, valid_sizes=targets.get("valid_size"))
+            proposals = self.propose(outputs, training=False, valid_sizes=targets.get("valid_size"), step=True)
             self.recall_metric.update_state(targets["gt_boxes"], proposals["boxes"], proposals["num_proposals"])
         return self._logs()
 
-    def propose(self, outputs, training=False, proposal_config=None, valid_sizes=None):
+    def propose(self, outputs, training=False, proposal_config=None, valid_sizes=None, step=False, xla=None,
+                features=None, canvas=None):
         """Proposals (``generate_proposals``) from ``call``'s outputs, decoded with the targets' ``BoxCoder``, in
         canvas pixels, clipped to ``valid_sizes`` (``[B, 2]``, each image's unpadded part) when given.
 
-        ``nms="auto"`` resolves to the XLA-compilable padded NMS when this model's steps are compiled with XLA.
+        ``nms="auto"`` resolves to the padded NMS in a training or evaluation ``step`` (every op of a step has a GPU
+        kernel) and when ``xla`` (default: this model's ``jit_compile``); to combined NMS otherwise (inference on a
+        CPU, the served graph). ``features`` and ``canvas`` (the maps and images the outputs come from) place the
+        anchors on a canvas other than ``image_size`` (``canvas_varies``).
         """
+        xla = bool(self.jit_compile) if xla is None else bool(xla)
+        sizes = {}
+        if canvas is not None and features is not None and tuple(canvas.shape[1:3]) != tuple(self.image_size):
+            sizes = {"canvas_size": tf.shape(canvas)[1:3], "map_sizes": [tf.shape(f)[1:3] for f in features]}
         return self.proposal_generator(outputs["objectness_logits"], outputs["box_deltas"], training=training,
-                                       valid_sizes=valid_sizes, config=proposal_config, xla=bool(self.jit_compile))
+                                       valid_sizes=valid_sizes, config=proposal_config, xla=xla or step, **sizes)
 
     def to_canvas(self, images):
         """Raw images ``[B, H0, W0, 3]`` (one size) → ``(canvas [B, H, W, 3], image_scale [B, 2], valid_size [B, 2],
         original_size [B, 2])`` by the ``resize`` policy (the encoder's function)."""
         images = check_raw_images(images)
         canvas, scale, valid_size = resize_to_canvas(images, self.image_size, self.resize)
+        if self.canvas_varies:  # the batch's own canvas: its size rounded up to size_divisible
+            canvas = trim_canvas(canvas, valid_size[None], self.resize.size_divisible)
         batch = tf.shape(images)[:1]
         original_size = tf.cast(tf.shape(images)[1:3], tf.float32)
         return (canvas, tf.tile(scale[None], tf.concat([batch, [1]], 0)),
                 tf.tile(tf.cast(valid_size, tf.float32)[None], tf.concat([batch, [1]], 0)),
                 tf.tile(original_size[None], tf.concat([batch, [1]], 0)))
 
-    def proposals_in_original_pixels(self, canvas, image_scale, valid_size, original_size, proposal_config=None):
+    def proposals_in_original_pixels(self, canvas, image_scale, valid_size, original_size, proposal_config=None,
+                                     xla=None):
         """Proposals of canvas images mapped back to each original image's pixels (clipped to it).
 
         Args: ``canvas`` ``[B, H, W, 3]``; float32 ``[B, 2]`` ``image_scale``, ``valid_size``, ``original_size``;
-        ``proposal_config`` overrides the model's (e.g. more proposals for an evaluation).
+        ``proposal_config`` overrides the model's (e.g. more proposals for an evaluation); ``xla``: resolves
+        ``nms="auto"`` (default: this model's ``jit_compile``; an export passes its own choice).
 
         Returns:
           dict: ``proposal_boxes`` ``[B, N, 4]`` yxyx original pixels (zeros past ``num_proposals``),
           ``proposal_scores`` ``[B, N]``, ``num_proposals`` ``[B]``, ``image_scale`` ``[B, 2]`` and the network's
           ``objectness_logits`` / ``box_deltas``.
         """
-        outputs = self(canvas, training=False)
-        proposals = self.propose(outputs, training=False, proposal_config=proposal_config, valid_sizes=valid_size)
-        boxes = proposals["boxes"] / tf.concat([image_scale, image_scale], axis=1)[:, None, :]
-        boxes = clip_boxes(boxes, original_size)
-        valid = tf.range(tf.shape(boxes)[1])[None, :] < proposals["num_proposals"][:, None]
-        return {"proposal_boxes": tf.where(valid[..., None], boxes, 0.0), "proposal_scores": proposals["scores"],
+        features = self.features(canvas, training=False)
+        outputs = self.head_outputs(features)
+        proposals = self.propose(outputs, training=False, proposal_config=proposal_config, valid_sizes=valid_size,
+                                 xla=xla, features=features, canvas=canvas)
+        boxes = boxes_in_original_pixels(proposals["boxes"], proposals["num_proposals"], image_scale, original_size)
+        return {"proposal_boxes": boxes, "proposal_scores": proposals["scores"],
                 "num_proposals": proposals["num_proposals"], "image_scale": image_scale, **outputs}
 
-    def predict_step(self, data):
-        """Raw images ``[B, H0, W0, 3]`` of any size (or ``{"image": ...}``) → proposals in their own pixels."""
-        images = data[0] if isinstance(data, (tuple, list)) else data
-        if isinstance(images, dict):
-            images = images["image"]
-        return self.proposals_in_original_pixels(*self.to_canvas(images))
+    def outputs_in_original_pixels(self, canvas, image_scale, valid_size, original_size, xla=None):
+        """``predict_step``'s and the served graph's outputs: ``proposals_in_original_pixels``."""
+        return self.proposals_in_original_pixels(canvas, image_scale, valid_size, original_size, xla=xla)
 
     def get_config(self):
         config = super().get_config()
         if self._from_parts:  # each part's own config
-            config.update(image_size=None, parts=self._parts.serialized(), recall_top_n=self.recall_top_n)
+            config.update(image_size=None, parts=self._parts.serialized(), recall_top_n=self.recall_top_n,
+                          bounding_box_format=self.bounding_box_format, seed=self.seed)
             return config
         backbone = self.backbone_name or keras.saving.serialize_keras_object(self.backbone)
         config.update(
@@ -355,5 +395,6 @@ class RPNModel(keras.Model):
             proposal_config=config_to_dict(self.proposal_config), recall_top_n=self.recall_top_n,
             objectness_loss=self.rpn_loss.objectness_loss, focal_gamma=self.rpn_loss.focal_gamma,
             focal_alpha=self.rpn_loss.focal_alpha, negative_sampling=self.rpn_loss.negative_sampling,
-            objectness_target=self.rpn_loss.objectness_target)
+            objectness_target=self.rpn_loss.objectness_target, freeze_batch_norm=self.freeze_batch_norm,
+            bounding_box_format=self.bounding_box_format, seed=self.seed)
         return config

@@ -25,7 +25,7 @@ import keras
 from rpn_tf.config import AnchorConfig, MultiLevelAnchorConfig, ProposalConfig, TargetConfig, as_anchor_config, \
     config_from_kwargs, validate_image_size
 from rpn_tf.data.encoder import RpnTargetEncoder
-from rpn_tf.modeling.backbones import ImagePreprocessing, build_backbone, feature_list
+from rpn_tf.modeling.backbones import ImagePreprocessing, build_backbone, feature_list, feature_shapes
 from rpn_tf.modeling.head import RpnHead
 from rpn_tf.modeling.losses import RpnLoss
 from rpn_tf.modeling.proposal_generator import ProposalGenerator
@@ -100,7 +100,7 @@ def build_rpn_parts(image_size, anchor_config=None, backbone="vgg16", backbone_s
                     freeze_backbone_layers=0, preprocessing=None, head_channels=None, box_loss_weight=1.0,
                     smooth_l1_beta=1.0 / 9.0, target_encoder_config=None, proposal_config=None, resize=None,
                     objectness_loss="bce", focal_gamma=2.0, focal_alpha=0.25, negative_sampling="random",
-                    objectness_target="binary") -> RpnParts:
+                    objectness_target="binary", freeze_batch_norm=False) -> RpnParts:
     """The parts from ``RPNModel``'s arguments (documented there), with its defaults; checked by ``check_parts``."""
     image_size = validate_image_size(image_size)
     target_config = target_encoder_config if isinstance(target_encoder_config, TargetConfig) else \
@@ -119,7 +119,7 @@ def build_rpn_parts(image_size, anchor_config=None, backbone="vgg16", backbone_s
     if backbone == "simple" and backbone_stride is None:  # the small backbone is built for the anchors' stride
         backbone_stride = (anchor_config or AnchorConfig()).levels[0].stride
     backbone_model, strides, mode = build_backbone(backbone, image_size, weights, backbone_stride,
-                                                   int(freeze_backbone_layers))
+                                                   int(freeze_backbone_layers), freeze_batch_norm)
     if anchor_config is None:
         anchor_config = AnchorConfig() if len(strides) == 1 else MultiLevelAnchorConfig.fpn(strides)
     target_encoder = RpnTargetEncoder(image_size, anchor_config, target_config, resize=resize)
@@ -157,11 +157,11 @@ def check_parts(parts: RpnParts) -> None:
     outputs = feature_list(parts.backbone.output)
     if len(outputs) != len(levels):
         raise ValueError(f"the backbone gives {len(outputs)} feature maps but there are {len(levels)} anchor levels")
-    for level, output in zip(levels, outputs):
+    for level, shape in zip(levels, feature_shapes(parts.backbone, image_size)):
         expected = level.feature_map_size(image_size)
-        if tuple(output.shape[1:3]) != expected:
-            raise ValueError(f"the backbone maps {image_size} to a {tuple(output.shape[1:3])} feature map at "
-                             f"stride {level.stride} but the anchors need {expected} (ceil(size / stride))")
+        if shape != expected:
+            raise ValueError(f"the backbone maps {image_size} to a {shape} feature map at stride {level.stride} but "
+                             f"the anchors need {expected} (ceil(size / stride))")
     if len({int(output.shape[-1]) for output in outputs}) != 1:
         raise ValueError("one head is shared by every level: the feature maps need the same channel count")
     if parts.loss.negative_sampling == "hard" and (encoder.config.target_format == "sparse"

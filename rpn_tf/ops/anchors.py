@@ -26,15 +26,50 @@ def cell_anchor_shapes(level: AnchorConfig) -> np.ndarray:
     return np.asarray(shapes, dtype=np.float64)
 
 
+def half_extents(level: AnchorConfig) -> np.ndarray:
+    """float64 ``[K, 2]`` half heights and widths of one location's anchors (rounded half to even with
+    ``round_half_extents``, as torchvision's ``AnchorGenerator``)."""
+    half = cell_anchor_shapes(level) / 2.0
+    return np.round(half) if level.round_half_extents else half
+
+
+def cell_steps(level: AnchorConfig, image_size, map_size):
+    """The step between cells ``(sy, sx)``: the stride, or ``canvas // map`` per axis (``stride_from_grid``)."""
+    if level.stride_from_grid:
+        return image_size[0] // map_size[0], image_size[1] // map_size[1]
+    return level.stride, level.stride
+
+
 def _level_anchors(image_size, level: AnchorConfig) -> np.ndarray:
     rows, cols = level.feature_map_size(image_size)
-    centre_y = (np.arange(rows, dtype=np.float64) + 0.5) * level.stride
-    centre_x = (np.arange(cols, dtype=np.float64) + 0.5) * level.stride
+    step_y, step_x = cell_steps(level, image_size, (rows, cols))
+    centre_y = (np.arange(rows, dtype=np.float64) + level.offset) * step_y
+    centre_x = (np.arange(cols, dtype=np.float64) + level.offset) * step_x
     centre_y, centre_x = np.meshgrid(centre_y, centre_x, indexing="ij")  # (Hf, Wf), row-major
     centres = np.stack([centre_y, centre_x], axis=-1).reshape(-1, 1, 2)  # (Hf*Wf, 1, 2)
-    half_shapes = cell_anchor_shapes(level)[None, :, :] / 2.0  # (1, K, 2)
+    half_shapes = half_extents(level)[None, :, :]  # (1, K, 2)
     boxes = np.concatenate([centres - half_shapes, centres + half_shapes], axis=-1)  # (Hf*Wf, K, 4)
     return boxes.reshape(-1, 4)
+
+
+def level_anchors_in_graph(canvas_size, map_size, level: AnchorConfig):
+    """The anchors of one level for a canvas and map size known only at run time (a backbone of any input size,
+    torchvision's transform): float32 ``Tensor[Hf·Wf·K, 4]`` in ``generate_anchors``' order and values.
+
+    Args:
+      canvas_size / map_size: int32 ``Tensor[2]`` ``(H, W)`` of the canvas and of the level's map.
+    """
+    canvas_size, map_size = tf.cast(canvas_size, tf.int32), tf.cast(map_size, tf.int32)
+    if level.stride_from_grid:
+        steps = tf.cast(canvas_size // map_size, tf.float32)
+    else:
+        steps = tf.constant([level.stride, level.stride], tf.float32)
+    centre_y = (tf.range(map_size[0], dtype=tf.float32) + level.offset) * steps[0]
+    centre_x = (tf.range(map_size[1], dtype=tf.float32) + level.offset) * steps[1]
+    centre_y, centre_x = tf.meshgrid(centre_y, centre_x, indexing="ij")
+    centres = tf.reshape(tf.stack([centre_y, centre_x], axis=-1), [-1, 1, 2])
+    half = tf.constant(half_extents(level)[None].astype(np.float32))  # (1, K, 2)
+    return tf.reshape(tf.concat([centres - half, centres + half], axis=-1), [-1, 4])
 
 
 def generate_anchors(image_size=(800, 800), anchor_config=None) -> tf.Tensor:
@@ -83,7 +118,8 @@ def anchor_cell_origins(image_size, anchor_config=None) -> np.ndarray:
     origins = []
     for level in config.levels:
         rows, cols = level.feature_map_size(image_size)
-        grid_y, grid_x = np.meshgrid(np.arange(rows) * level.stride, np.arange(cols) * level.stride, indexing="ij")
+        step_y, step_x = cell_steps(level, image_size, (rows, cols))
+        grid_y, grid_x = np.meshgrid(np.arange(rows) * step_y, np.arange(cols) * step_x, indexing="ij")
         cells = np.stack([grid_y, grid_x], axis=-1).reshape(-1, 1, 2)
         origins.append(np.repeat(cells, level.num_anchors_per_location, axis=1).reshape(-1, 2))
     return np.concatenate(origins, axis=0).astype(np.float32)

@@ -11,12 +11,24 @@ import tensorflow as tf
 
 
 BOX_FORMATS = ("yxyx", "xyxy", "xywh")
+# Keras's (keras.utils.bounding_boxes) names for the same: "rel_" = coordinates in [0, 1] units of the image's height
+# and width. The models read targets' "boxes" in one of these; "gt_boxes" are always yxyx pixels.
+BOUNDING_BOX_FORMATS = BOX_FORMATS + tuple(f"rel_{name}" for name in BOX_FORMATS)
 
 
 def _check_format(box_format: str) -> str:
     if box_format not in BOX_FORMATS:
         raise ValueError(f"box_format must be one of {BOX_FORMATS}, got {box_format!r}")
     return box_format
+
+
+def parse_bounding_box_format(bounding_box_format: str):
+    """``(box_format, normalized)`` of a ``BOUNDING_BOX_FORMATS`` name (``"rel_xyxy"`` → ``("xyxy", True)``); a
+    ``ValueError`` naming the choices for any other value."""
+    if bounding_box_format not in BOUNDING_BOX_FORMATS:
+        raise ValueError(f"bounding_box_format must be one of {BOUNDING_BOX_FORMATS}, got {bounding_box_format!r}")
+    normalized = bounding_box_format.startswith("rel_")
+    return bounding_box_format[len("rel_"):] if normalized else bounding_box_format, normalized
 
 
 def _image_hw(image_size, dtype):

@@ -21,6 +21,9 @@ IGNORE = -1
 # fusions and GPUs — would otherwise break them at random. Relative, so that a tiny box (best IoU 1e-7) does not
 # tie with every anchor it does not touch; a tied anchor also needs IoU > 0.
 TIE_TOLERANCE = 4e-6
+# GT rows matched at once in a padded batch (AnchorMatcher.match_inside): bounds the IoU intermediate to
+# [B, GT_CHUNK, A_in] whatever the padding.
+GT_CHUNK = 16
 
 
 def anchors_inside_image(anchors, image_size, allowed_border=0.0):
@@ -183,14 +186,37 @@ class AnchorMatcher:
 
         Returns:
           ``(labels, matched_gt_index, max_iou)``, each ``Tensor[B, A_in]`` (see ``__call__``).
+
+        A padded batch (a static G above ``GT_CHUNK``, e.g. the encoder's ``max_boxes`` rows labelled in a model's
+        step) is matched ``GT_CHUNK`` rows at a time, up to its last usable row: the IoU is never built for every
+        padded row × every anchor (``[B, 100, A_in]``, ~450 MB at 800² with a pyramid and batch 8), and the shapes
+        stay static (an XLA-compiled step compiles once, whatever the number of boxes).
         """
         gt_boxes = tf.convert_to_tensor(gt_boxes, tf.float32)
         if gt_valid is None:
             gt_valid = valid_gt_mask(gt_boxes)
-        iou = self.inside_iou(gt_boxes)  # (B, G, A_in)
         anchor_valid = None if valid_sizes is None else self.inside_valid_region(valid_sizes)  # (B, A_in)
+        if gt_boxes.shape[1] is not None and gt_boxes.shape[1] > GT_CHUNK:
+            matched_gt_index, best_iou, forced = self._match_in_chunks(gt_boxes, gt_valid, anchor_valid)
+        else:  # the tf.data path (one image's real boxes) or a small batch: one IoU matrix
+            iou = self._usable_iou(gt_boxes, gt_valid, anchor_valid)  # (B, G, A_in)
+            matched_gt_index, best_iou = best_gt_match(iou, gt_axis=1)  # (B, A_in); -1 without valid GT
+            # Each valid GT box's best IoU over the inside anchors; every anchor reaching it is forced positive.
+            forced = forced_positives(iou)  # (B, A_in)
+        max_iou = tf.maximum(best_iou, 0.0)
+        labels = tf.where(max_iou < self.negative_iou, NEGATIVE, IGNORE)
+        labels = tf.where(forced | (max_iou >= self.positive_iou), POSITIVE, labels)
+        if anchor_valid is not None:  # anchors of the padding are outside anchors
+            labels = tf.where(anchor_valid, labels, IGNORE)
+            matched_gt_index = tf.where(anchor_valid, matched_gt_index, -1)
+            max_iou = tf.where(anchor_valid, max_iou, 0.0)
+        return labels, matched_gt_index, max_iou
 
-        def masked():  # -1: not usable (invalid GT, or an anchor of the padding)
+    def _usable_iou(self, gt_boxes, gt_valid, anchor_valid):
+        """``[B, G, A_in]`` IoU with -1 where a GT row is not usable or an anchor lies in the padding."""
+        iou = self.inside_iou(gt_boxes)
+
+        def masked():
             usable = gt_valid[:, :, None]
             if anchor_valid is not None:
                 usable &= anchor_valid[:, None, :]
@@ -201,18 +227,53 @@ class AnchorMatcher:
         all_usable = tf.reduce_all(gt_valid)
         if anchor_valid is not None:
             all_usable &= tf.reduce_all(anchor_valid)
-        iou = tf.cond(all_usable, lambda: tf.identity(iou), masked)
-        matched_gt_index, best_iou = best_gt_match(iou, gt_axis=1)  # (B, A_in); -1 without valid GT
-        max_iou = tf.maximum(best_iou, 0.0)
-        labels = tf.where(max_iou < self.negative_iou, NEGATIVE, IGNORE)
-        # Each valid GT box's best IoU over the inside anchors; every anchor reaching it is forced positive.
-        forced = forced_positives(iou)  # (B, A_in)
-        labels = tf.where(forced | (max_iou >= self.positive_iou), POSITIVE, labels)
-        if anchor_valid is not None:  # anchors of the padding are outside anchors
-            labels = tf.where(anchor_valid, labels, IGNORE)
-            matched_gt_index = tf.where(anchor_valid, matched_gt_index, -1)
-            max_iou = tf.where(anchor_valid, max_iou, 0.0)
-        return labels, matched_gt_index, max_iou
+        return tf.cond(all_usable, lambda: tf.identity(iou), masked)
+
+    def _match_in_chunks(self, gt_boxes, gt_valid, anchor_valid):
+        """``best_gt_match`` and ``forced_positives`` of a padded batch, ``GT_CHUNK`` GT rows at a time: a first pass
+        keeps each anchor's best IoU and GT (the first on ties) and each GT row's best IoU over the anchors, a second
+        recomputes each chunk's IoU to find the anchors tying those bests. Rows after the last usable one of every
+        image are never visited."""
+        num_gt = gt_boxes.shape[1]
+        num_chunks_total = -(-num_gt // GT_CHUNK)
+        padding = num_chunks_total * GT_CHUNK - num_gt
+        boxes = tf.pad(gt_boxes, [[0, 0], [0, padding], [0, 0]], constant_values=-1.0)
+        valid = tf.pad(gt_valid, [[0, 0], [0, padding]])
+        rows = tf.range(1, num_gt + padding + 1)
+        last_usable = tf.reduce_max(tf.where(tf.reduce_any(valid, axis=0), rows, 0))
+        num_chunks = (last_usable + GT_CHUNK - 1) // GT_CHUNK
+
+        def chunk_iou(index):
+            rows = index * GT_CHUNK + tf.range(GT_CHUNK)  # a gather keeps the static shapes (XLA, while_loop)
+            chunk_boxes, chunk_valid = tf.gather(boxes, rows, axis=1), tf.gather(valid, rows, axis=1)
+            return self._usable_iou(chunk_boxes, chunk_valid, anchor_valid)  # (B, GT_CHUNK, A_in)
+
+        def best_pass(index, best_iou, matched, gt_best):
+            iou = chunk_iou(index)
+            chunk_matched, chunk_best = best_gt_match(iou, gt_axis=1)
+            better = chunk_best > best_iou  # strictly: an earlier GT keeps a tie
+            best_iou = tf.where(better, chunk_best, best_iou)
+            matched = tf.where(better, chunk_matched + index * GT_CHUNK, matched)
+            gt_best = tf.tensor_scatter_nd_update(
+                tf.transpose(gt_best), (index * GT_CHUNK + tf.range(GT_CHUNK))[:, None],
+                tf.transpose(tf.reduce_max(iou, axis=2)))
+            return index + 1, best_iou, matched, tf.transpose(gt_best)
+
+        start_best = -tf.ones_like(boxes[:, :1, 0]) * tf.ones([self.num_inside])  # (B, A_in), B static if known
+        start_matched = tf.cast(start_best, tf.int32)
+        start_gt_best = -tf.ones_like(boxes[..., 0])
+        _, best_iou, matched, gt_best = tf.while_loop(
+            lambda index, *_: index < num_chunks, best_pass, (tf.constant(0), start_best, start_matched,
+                                                             start_gt_best))
+
+        def forced_pass(index, forced):
+            chunk_best = tf.gather(gt_best, index * GT_CHUNK + tf.range(GT_CHUNK), axis=1)
+            threshold = tf.where(chunk_best > 0.0, chunk_best * (1.0 - TIE_TOLERANCE), float("inf"))
+            return index + 1, forced | tf.reduce_any(chunk_iou(index) >= threshold[:, :, None], axis=1)
+
+        _, forced = tf.while_loop(lambda index, _: index < num_chunks, forced_pass,
+                                  (tf.constant(0), tf.zeros_like(start_best, tf.bool)))
+        return tf.where(best_iou >= 0.0, matched, -1), best_iou, forced
 
     def __call__(self, gt_boxes, gt_valid=None, valid_sizes=None):
         """Labels every anchor.

@@ -14,8 +14,19 @@ from __future__ import annotations
 import tensorflow as tf
 
 from rpn_tf.ops.box_ops import iou_matrix
+from rpn_tf.ops.top_k import top_k_padded
 
 DEFAULT_TILE_SIZE = 512
+
+
+def resolve_nms(setting, padded):
+    """An NMS setting (``"auto"``, ``"padded"``, ``"combined"``) with ``"auto"`` resolved: ``"padded"`` (rpn-tf's
+    pure-TensorFlow NMS: compiles under XLA, and every op has a GPU kernel) when ``padded`` — inside an XLA-compiled
+    function or a training / evaluation step —, else ``"combined"`` (``tf.image.combined_non_max_suppression``: CPU
+    only, faster there). The one place where ``"auto"`` is decided (proposals and detections alike)."""
+    if setting == "auto":
+        return "padded" if padded else "combined"
+    return setting
 
 
 def _self_suppression(iou, keep, iou_threshold):
@@ -101,13 +112,45 @@ def padded_nms(boxes, scores, max_output_size, iou_threshold=0.7, valid=None, ti
 
     # The first N kept candidates, in candidate (score) order.
     order_key = tf.where(keep, num_candidates - tf.range(num_candidates)[None, :], 0)
-    k = min(max_output_size, num_candidates)
-    top_keys, selected = tf.math.top_k(order_key, k=k)
-    selected_valid = top_keys > 0
+    top_keys, selected, present = top_k_padded(order_key, max_output_size, 0)
+    selected_valid = present & (top_keys > 0)
     out_boxes = tf.where(selected_valid[..., None], tf.gather(boxes, selected, batch_dims=1), 0.0)
     out_scores = tf.where(selected_valid, tf.gather(scores, selected, batch_dims=1), 0.0)
-    if k < max_output_size:
-        out_boxes = tf.pad(out_boxes, [[0, 0], [0, max_output_size - k], [0, 0]])
-        out_scores = tf.pad(out_scores, [[0, 0], [0, max_output_size - k]])
     num_valid = tf.reduce_sum(tf.cast(selected_valid, tf.int32), axis=1)
     return out_boxes, out_scores, num_valid
+
+
+def padded_per_class_nms(boxes, scores, max_per_class, max_total, iou_threshold, score_threshold):
+    """Per-class NMS with static shapes (XLA): every (image, class) pair is one row of ``padded_nms``; boxes of
+    different classes never suppress each other. The same results as ``tf.image.combined_non_max_suppression``
+    (scores strictly above ``score_threshold``), in a static ``[B, max_total]``.
+
+    Args:
+      boxes: float32 ``[B, R, K, 4]`` yxyx, one box per ROI and class; scores: ``[B, R, K]``.
+      max_per_class / max_total: detections kept per class, and per image over all classes.
+
+    Returns:
+      ``(boxes [B, D, 4], scores [B, D], classes float32 [B, D] (1…K), num_detections int32 [B])`` with
+      D = ``max_total``; zeros past ``num_detections``.
+    """
+    batch = tf.shape(boxes)[0]
+    num_rois, num_classes = int(boxes.shape[1]), int(boxes.shape[2])
+    per_class = min(max_per_class, num_rois)
+    rows_boxes = tf.reshape(tf.transpose(boxes, [0, 2, 1, 3]), [-1, num_rois, 4])  # (B·K, R, 4)
+    rows_scores = tf.reshape(tf.transpose(scores, [0, 2, 1]), [-1, num_rois])
+    rows_scores, order = tf.math.top_k(rows_scores, k=num_rois)
+    rows_boxes = tf.gather(rows_boxes, order, batch_dims=1)
+    # strictly above the threshold, as combined NMS; padding ROIs (probability 0) never count
+    kept_boxes, kept_scores, kept = padded_nms(rows_boxes, rows_scores, per_class, iou_threshold,
+                                               valid=rows_scores > score_threshold)
+    slots = tf.range(per_class)[None, :] < kept[:, None]
+    kept_scores = tf.where(slots, kept_scores, -1.0)
+    kept_boxes = tf.reshape(kept_boxes, [batch, num_classes * per_class, 4])
+    kept_scores = tf.reshape(kept_scores, [batch, num_classes * per_class])
+    class_ids = tf.tile(tf.repeat(tf.range(1, num_classes + 1, dtype=tf.float32), per_class)[None], [batch, 1])
+    top_scores, top, present = top_k_padded(kept_scores, max_total, -1.0)
+    found = present & (top_scores >= 0.0)
+    out_boxes = tf.where(found[..., None], tf.gather(kept_boxes, top, batch_dims=1), 0.0)
+    out_scores = tf.where(found, top_scores, 0.0)
+    out_classes = tf.where(found, tf.gather(class_ids, top, batch_dims=1), 0.0)
+    return out_boxes, out_scores, out_classes, tf.reduce_sum(tf.cast(found, tf.int32), axis=1)

@@ -16,15 +16,22 @@ from rpn_tf.config import ProposalConfig, validate_image_size
 from rpn_tf.ops import box_ops
 from rpn_tf.ops.box_coder import BoxCoder
 from rpn_tf.ops.nms import padded_nms
+from rpn_tf.ops.top_k import top_k_padded
 
 
-def _top_candidates(scores, boxes, level_sizes, pre_nms_top_k):
-    """Per level: the top ``min(K, A_l)`` by score. Returns per-level lists of ``(scores [B, k], boxes [B, k, 4])``."""
+def _top_candidates(ranking, logits, boxes, small, level_sizes, pre_nms_top_k):
+    """Per level: the top ``min(K, A_l)`` anchors by ``ranking`` (``K`` when ``A_l`` is known only at run time:
+    missing slots are padding). Returns per-level ``(scores [B, k], boxes [B, k, 4])``: the sigmoid of the logits,
+    -1 for small boxes and padding (never kept by NMS)."""
     selected, start = [], 0
     for size in level_sizes:
-        k = min(pre_nms_top_k, size)
-        top_scores, top_index = tf.math.top_k(scores[:, start:start + size], k=k)  # (B, k), sorted
-        selected.append((top_scores, tf.gather(boxes[:, start:start + size], top_index, batch_dims=1)))
+        static = size if isinstance(size, int) else None
+        k = pre_nms_top_k if static is None else min(pre_nms_top_k, static)
+        level = slice(None), slice(start, start + size)
+        _, index, present = top_k_padded(ranking[level], k, float("-inf"))
+        valid = present & ~tf.gather(small[level], index, batch_dims=1)
+        scores = tf.where(valid, tf.sigmoid(tf.gather(logits[level], index, batch_dims=1)), -1.0)
+        selected.append((scores, tf.gather(boxes[level], index, batch_dims=1)))
         start += size
     return selected
 
@@ -69,7 +76,8 @@ def generate_proposals(anchors, objectness_logits, deltas, image_size, config=No
       box_coder: the ``BoxCoder`` the targets were encoded with (default ``BoxCoder()``, weights 1).
       valid_sizes: optional ``Tensor[B, 2]``: each image's unpadded ``(h, w)`` on the canvas; boxes are clipped to
         it instead of ``image_size``.
-      level_sizes: anchors per level (``anchors_per_level``) for several levels; default one level.
+      level_sizes: anchors per level (``anchors_per_level``) for several levels; default one level. Scalar tensors
+        when the canvas is known only at run time (``anchors`` then computed in the graph: ``ProposalGenerator``).
 
     Returns:
       dict with ``boxes`` float32 ``[B, N, 4]`` yxyx (zeros past ``num_proposals``), ``scores`` float32
@@ -78,11 +86,12 @@ def generate_proposals(anchors, objectness_logits, deltas, image_size, config=No
     """
     config = config or ProposalConfig()
     box_coder = box_coder or BoxCoder()
-    image_size = validate_image_size(image_size)
+    if not tf.is_tensor(image_size):
+        image_size = validate_image_size(image_size)
     pre_nms_top_k, post_nms_top_k = config.top_k(training)
     anchors = tf.convert_to_tensor(anchors, tf.float32)
     level_sizes = tuple(level_sizes) if level_sizes is not None else (anchors.shape[0],)
-    if sum(level_sizes) != anchors.shape[0]:
+    if all(isinstance(size, int) for size in level_sizes) and sum(level_sizes) != anchors.shape[0]:
         raise ValueError(f"level_sizes {level_sizes} add up to {sum(level_sizes)}, not to the {anchors.shape[0]} "
                          "anchors")
     logits = tf.cast(objectness_logits, tf.float32)
@@ -93,12 +102,11 @@ def generate_proposals(anchors, objectness_logits, deltas, image_size, config=No
     boxes = box_ops.clip_boxes(boxes, clip_size)
     heights = boxes[..., 2] - boxes[..., 0]
     widths = boxes[..., 3] - boxes[..., 1]
-    scores = tf.sigmoid(logits)
-    # Small boxes get score -1, so that top-k ranks them last and NMS never keeps them.
-    keep = (heights >= config.min_size) & (widths >= config.min_size)
-    scores = tf.where(keep, scores, -1.0)
-
-    candidates = _top_candidates(scores, boxes, level_sizes, pre_nms_top_k)
+    small = (heights < config.min_size) | (widths < config.min_size)
+    # Ranked by logit (the sigmoid's order, without its ties at saturation); small boxes rank last, or — torchvision's
+    # order — take their place in the top k and are dropped after it.
+    ranking = logits if config.top_k_before_min_size else tf.where(small, float("-inf"), logits)
+    candidates = _top_candidates(ranking, logits, boxes, small, level_sizes, pre_nms_top_k)
     if len(candidates) > 1 and not config.per_level_nms:  # one NMS over every level's candidates, by score
         merged_scores = tf.concat([level_scores for level_scores, _ in candidates], axis=1)
         merged_boxes = tf.concat([level_boxes for _, level_boxes in candidates], axis=1)

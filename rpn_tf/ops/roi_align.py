@@ -22,19 +22,31 @@ CANONICAL_LEVEL = 4  # FPN eq. 1: a 224² box maps to P4
 CANONICAL_SIZE = 224.0
 
 
-def assign_levels(boxes, min_level, max_level, canonical_level=CANONICAL_LEVEL, canonical_size=CANONICAL_SIZE):
+LEVEL_MAPPERS = ("fpn", "torchvision")
+
+
+def assign_levels(boxes, min_level, max_level, canonical_level=CANONICAL_LEVEL, canonical_size=CANONICAL_SIZE,
+                  mapper="fpn"):
     """The FPN paper's level of each box: ``floor(k0 + log2(sqrt(h · w) / 224))`` clamped to
     ``[min_level, max_level]`` (level ``k`` = stride ``2^k``).
 
     Args:
       boxes: ``Tensor[..., 4]`` yxyx in image pixels.
+      mapper: ``"fpn"`` (``log2(sqrt(h · w) / 224 + 1e-8)``, detectron2's) or ``"torchvision"`` (torchvision's
+        ``LevelMapper``: ``log2(sqrt(h · w) / 224) + 1e-6``); they differ only for boxes within a hair of a level's
+        boundary.
 
     Returns:
       int32 ``Tensor[...]``. Empty boxes go to ``min_level``.
     """
+    if mapper not in LEVEL_MAPPERS:
+        raise ValueError(f"level mapper must be one of {LEVEL_MAPPERS}, got {mapper!r}")
     boxes = tf.cast(boxes, tf.float32)
     area = tf.maximum((boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1]), 0.0)
-    level = tf.floor(canonical_level + tf.math.log(tf.sqrt(area) / canonical_size + 1e-8) / math.log(2.0))
+    if mapper == "torchvision":
+        level = tf.floor(canonical_level + tf.math.log(tf.sqrt(area) / canonical_size) / math.log(2.0) + 1e-6)
+    else:
+        level = tf.floor(canonical_level + tf.math.log(tf.sqrt(area) / canonical_size + 1e-8) / math.log(2.0))
     return tf.cast(tf.clip_by_value(level, float(min_level), float(max_level)), tf.int32)
 
 
@@ -63,34 +75,28 @@ def _axis_samples(start, bin_size, size, points, sampling_ratio):
     return (tf.cast(low, tf.int32), tf.cast(high, tf.int32)), ((1.0 - fraction) * inside, fraction * inside)
 
 
-IMPLEMENTATIONS = ("auto", "crop_and_resize", "gather")
-
-
-def _in_xla_context():
-    try:
-        from tensorflow.python.ops import control_flow_util
-    except ImportError:  # pragma: no cover - a TensorFlow without the (private) helper
-        return False
-    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+IMPLEMENTATIONS = ("crop_and_resize", "gather")
 
 
 def multilevel_roi_align(features, strides, boxes, output_size=7, sampling_ratio=2, aligned=True,
-                         levels=None, implementation="auto"):
+                         levels=None, implementation="crop_and_resize", level_mapper="fpn"):
     """ROI Align over a feature pyramid.
 
     Args:
-      features: a list of ``[B, Hl, Wl, C]`` maps, finest first (static sizes), one per stride.
+      features: a list of ``[B, Hl, Wl, C]`` maps, finest first, one per stride (sizes known at run time only:
+        ``"crop_and_resize"``).
       strides: the maps' strides, consecutive powers of two (e.g. ``(4, 8, 16, 32)``, or one stride).
       boxes: float ``Tensor[B, R, 4]`` yxyx in image pixels.
       output_size: S (7).
       sampling_ratio: samples per bin side (2).
       aligned: half-pixel alignment (True; detectron2's ``ROIAlignV2``, torchvision ``aligned=True``).
       levels: optional int32 ``[B, R]`` level (log2 stride) of each box; default ``assign_levels`` over the
-        given strides (every box on the one map when there is one).
-      implementation: ``"crop_and_resize"`` (TensorFlow's fused bilinear kernel on each level's boxes, the map
-        padded by one replicated cell so that its border handling is ROI Align's; no XLA kernel), ``"gather"``
-        (static shapes and gathers only: compiles under XLA) or ``"auto"`` (default: ``"gather"`` inside an
-        XLA-compiled function, else ``"crop_and_resize"``). Both compute the same values for every sample point
+        given strides (every box on the one map when there is one), with ``level_mapper``.
+      implementation: ``"crop_and_resize"`` (default: TensorFlow's fused bilinear kernel on each level's boxes, the
+        map padded by one replicated cell so that its border handling is ROI Align's; it has no XLA kernel, so an
+        XLA compilation fails naming ``CropAndResize``) or ``"gather"`` (static shapes and gathers only: compiles
+        under XLA; the caller chooses it for an XLA-compiled function, as ``RoiHeads`` does with the model's
+        ``jit_compile``). Both compute the same values for every sample point
         inside ``(-1, H)`` × ``(-1, W)`` of a map (every box inside the image); a sample exactly on the line -1 or
         H (a box reaching one cell beyond the map, only outside the image) reads 0 with ``"crop_and_resize"``
         and the border value with ``"gather"`` (torchvision's: beyond, both read 0).
@@ -107,11 +113,9 @@ def multilevel_roi_align(features, strides, boxes, output_size=7, sampling_ratio
         raise ValueError(f"output_size and sampling_ratio must be >= 1, got {output_size}, {sampling_ratio}")
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
-    if implementation == "auto":
-        implementation = "gather" if _in_xla_context() else "crop_and_resize"
     boxes = tf.cast(boxes, tf.float32)
     if levels is None:
-        levels = assign_levels(boxes, level_ids[0], level_ids[-1])
+        levels = assign_levels(boxes, level_ids[0], level_ids[-1], mapper=level_mapper)
     index = tf.clip_by_value(tf.cast(levels, tf.int32) - level_ids[0], 0, len(level_ids) - 1)  # (B, R)
     if implementation == "crop_and_resize":
         return _crop_and_resize(features, strides, boxes, index, output_size, sampling_ratio, aligned)
@@ -152,8 +156,12 @@ def _crop_and_resize(features, strides, boxes, index, output_size, sampling_rati
     points = output_size * sampling_ratio
     pooled = []
     for feature, stride, part in zip(features, strides, parts):
-        height, width = int(feature.shape[1]), int(feature.shape[2])
-        padded = _replicate_border(feature)
+        if feature.shape[1] is not None and feature.shape[2] is not None:
+            height, width = int(feature.shape[1]), int(feature.shape[2])
+            padded = _replicate_border(feature)
+        else:  # a map of a size known at run time (a backbone of any input size): the same border by tf.pad
+            height, width = (tf.cast(tf.shape(feature)[k], tf.float32) for k in (1, 2))
+            padded = tf.pad(feature, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
         first_y, first_x, step_y, step_x = _sample_grid(tf.gather(flat_boxes, part), float(stride), output_size,
                                                         sampling_ratio, aligned)
         last_y, last_x = first_y + (points - 1) * step_y, first_x + (points - 1) * step_x

@@ -10,7 +10,8 @@ import tensorflow as tf
 from rpn_tf.config import RoiSamplerConfig, config_from_kwargs
 from rpn_tf.ops import box_ops
 from rpn_tf.ops.matching import best_gt_match, valid_gt_mask
-from rpn_tf.ops.sampling import content_seeds, random_seeds, sample_balanced
+from rpn_tf.ops.top_k import top_k_padded
+from rpn_tf.ops.sampling import content_seeds, random_seeds, sample_balanced, seeded_generator
 
 BACKGROUND_CLASS = 0
 PADDING_CLASS = -1
@@ -35,7 +36,7 @@ class RoiSampler(tf.Module):
     def __init__(self, config=None, **overrides):
         super().__init__(name="roi_sampler")  # a tf.Module, so its generator is saved with an export
         self.config: RoiSamplerConfig = config_from_kwargs(RoiSamplerConfig, config, overrides)
-        self._generator = tf.random.Generator.from_non_deterministic_state() if self.config.seed is None else None
+        self._generator = seeded_generator() if self.config.seed is None else None
 
     def __call__(self, proposals, gt_boxes, gt_classes, num_proposals=None, seeds=None):
         """Samples ROIs.
@@ -90,11 +91,7 @@ class RoiSampler(tf.Module):
         num_candidates = tf.shape(sampled)[1]
         priority = tf.where(sampled == 1, 2, tf.where(sampled == 0, 1, 0))
         order_key = priority * (num_candidates + 1) + (num_candidates - tf.range(num_candidates)[None, :])
-        k = tf.minimum(config.num_samples, num_candidates)
-        _, order = tf.math.top_k(order_key, k=k)  # (B, k)
-        padding = config.num_samples - k
-        order = tf.pad(order, [[0, 0], [0, padding]])
-        slot_valid = tf.pad(tf.ones_like(order[:, :k], tf.bool), [[0, 0], [0, padding]])
+        _, order, slot_valid = top_k_padded(order_key, config.num_samples, -1)  # (B, R); fewer candidates: padding
 
         roi_labels = tf.where(slot_valid, tf.gather(sampled, order, batch_dims=1), -1)  # (B, R)
         rois = tf.where((roi_labels >= 0)[..., None], tf.gather(candidates, order, batch_dims=1), 0.0)

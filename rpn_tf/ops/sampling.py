@@ -5,6 +5,8 @@ Shape shorthand: B images, A anchors (or candidates), G ground-truth boxes per i
 
 from __future__ import annotations
 
+import random
+
 import tensorflow as tf
 
 _HASH_MODULUS = 2_147_483_647  # 2**31 - 1, a prime
@@ -33,6 +35,14 @@ def content_seeds(base_seed, values):
     content_hash = tf.reduce_sum((bits * weights[None, :]) % _HASH_MODULUS, axis=1) % _HASH_MODULUS
     base = tf.fill(tf.shape(content_hash), tf.constant(int(base_seed), tf.int64))
     return tf.stack([base, content_hash], axis=1)
+
+
+def seeded_generator():
+    """A ``tf.random.Generator`` for unseeded sampling, seeded from Python's ``random``: new draws on every call and
+    every pass over a dataset, yet the same sequence in a program seeded with ``keras.utils.set_random_seed`` (which
+    seeds Python's ``random``), so that seeded runs repeat. (Sampling inside a parallel ``dataset.map`` draws in the
+    order the elements are processed; ``TargetConfig.seed`` makes each element's sample a function of its content.)"""
+    return tf.random.Generator.from_seed(random.randint(0, 2 ** 31 - 2))
 
 
 def random_seeds(batch_size, generator=None):

@@ -13,7 +13,7 @@ from rpn_tf.config import TargetConfig
 from rpn_tf.ops import native as native_ops
 from rpn_tf.ops.box_coder import BoxCoder
 from rpn_tf.ops.matching import TIE_TOLERANCE, AnchorMatcher, valid_gt_mask
-from rpn_tf.ops.sampling import content_seeds, random_seeds, sample_balanced
+from rpn_tf.ops.sampling import content_seeds, random_seeds, sample_balanced, seeded_generator
 
 
 class RpnTargetAssigner:
@@ -34,7 +34,7 @@ class RpnTargetAssigner:
         # Per anchor: (centre y, centre x, log h, log w) and (wy / h, wx / w, wh, ww), as constants.
         self._anchor_constants = config.box_coder.anchor_constants(anchors)
         # Unseeded sampling draws from a stateful generator: new samples on every pass over a dataset.
-        self._generator = tf.random.Generator.from_non_deterministic_state() if config.seed is None else None
+        self._generator = seeded_generator() if config.seed is None else None
         # Bottom-right corners of the inside anchors: the native op's valid-region test (allowed_border >= 0).
         self._anchor_corners = tf.constant(np.asarray(anchors, np.float32).reshape(-1, 4)[
             self.matcher.inside_index.numpy()][:, 2:4])
@@ -90,7 +90,6 @@ class RpnTargetAssigner:
         module = self.native_module() if native else None
         if module is not None:
             return self._native_targets(module, gt_boxes, seeds, valid_sizes, target_format)
-        gt_boxes = _without_trailing_padding(gt_boxes)  # same targets: trailing padding rows match nothing
         labels, matched_gt_index, _ = self.matcher.match_inside(gt_boxes, self.usable_gt(gt_boxes), valid_sizes)
         sampled = self.sample(labels, seeds)  # (B, A_in)
         # Per-GT terms (cy, cx, log h, log w), once per box; one spare row keeps gathers in range when G == 0.
@@ -184,13 +183,3 @@ class RpnTargetAssigner:
                                                         pad, constant_values=-1), [batch, size]),
             "rpn_sample_deltas": tf.ensure_shape(tf.pad(deltas, pad + [[0, 0]]), [batch, size, 4]),
         }
-
-
-def _without_trailing_padding(gt_boxes):
-    """``gt_boxes`` ``[B, G, 4]`` cut after the last row that is not all -1 in any image (a padded batch from the
-    encoder carries up to ``max_boxes`` rows, mostly padding; matching them costs time and changes nothing)."""
-    if gt_boxes.shape[1] == 0:
-        return gt_boxes
-    real = tf.reduce_any(tf.reduce_any(gt_boxes != -1.0, axis=-1), axis=0)  # (G,)
-    count = tf.maximum(tf.reduce_max(tf.where(real, tf.range(1, tf.shape(real)[0] + 1), 0)), 0)
-    return gt_boxes[:, :count]

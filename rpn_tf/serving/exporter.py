@@ -25,9 +25,11 @@ from tensorflow_serving.apis import prediction_log_pb2
 from rpn_tf.modeling.faster_rcnn import FasterRCNN
 from rpn_tf.modeling.rpn_model import RPNModel
 from rpn_tf.serving import client
-from rpn_tf.serving.module import DEFAULT_MAX_PIXELS, IMAGE_SIGNATURES, RpnServingModule  # noqa: F401
+from rpn_tf.serving.module import DEFAULT_MAX_PIXELS, IMAGE_SIGNATURES, SERVED_NMS, RpnServingModule  # noqa: F401
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+# What the export chose, beside the warmup records (TF Serving ignores other files in assets.extra).
+EXPORT_RECORD = os.path.join("assets.extra", "rpn_tf_export.json")
 _TEMPORARY_MARK = ".tmp-"
 
 
@@ -154,8 +156,18 @@ def _publish(temporary_dir, model_dir, export_dir, automatic):
             export_dir = os.path.join(model_dir, str(next_version(model_dir)))
 
 
+def export_record(export_dir):
+    """What an export chose (``EXPORT_RECORD``: NMS, model class, canvas, pixel limit, rpn-tf version), or ``None``
+    for an export without the record."""
+    path = os.path.join(export_dir, EXPORT_RECORD)
+    if not os.path.exists(path):
+        return None
+    with open(path) as file:
+        return json.load(file)
+
+
 def export_saved_model(model, base_dir, model_name="rpn", version=None, roi_sampler=None,
-                       warmup_jpeg=None, max_pixels=DEFAULT_MAX_PIXELS) -> str:
+                       warmup_jpeg=None, max_pixels=DEFAULT_MAX_PIXELS, nms="combined") -> str:
     """Writes ``base_dir/model_name/version/`` (a SavedModel with warmup records) and returns that path.
 
     Args:
@@ -169,6 +181,9 @@ def export_saved_model(model, base_dir, model_name="rpn", version=None, roi_samp
       warmup_jpeg: JPEG bytes for the warmup requests (default: a synthetic image).
       max_pixels: encoded images above this height × width (read from the header, before decoding) are refused
         with ``InvalidArgument`` naming the element (default 36 000 000).
+      nms: the NMS baked into the graph (``SERVED_NMS``): ``"combined"`` (default; CPU kernels, the fastest on a
+        CPU server) or ``"padded"`` (every op has a GPU kernel; with the gather ROI Align). Chosen here, never by
+        the exporting machine, and recorded in ``assets.extra/rpn_tf_export.json`` (``export_record``).
     """
     if isinstance(model, str):
         model = load_model(model)
@@ -184,7 +199,7 @@ def export_saved_model(model, base_dir, model_name="rpn", version=None, roi_samp
     temporary_dir = os.path.join(model_dir, _temporary_name(version))
     os.makedirs(model_dir, exist_ok=True)
     try:
-        module = RpnServingModule(model, roi_sampler, max_pixels)
+        module = RpnServingModule(model, roi_sampler, max_pixels, nms)
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.track(module.roi_sampler)
@@ -192,6 +207,11 @@ def export_saved_model(model, base_dir, model_name="rpn", version=None, roi_samp
             archive.add_endpoint(name, function, input_signature)
         archive.write_out(temporary_dir, verbose=False)
         write_warmup_records(temporary_dir, warmup_requests(model_name, model.image_size, warmup_jpeg))
+        import rpn_tf
+
+        with open(os.path.join(temporary_dir, EXPORT_RECORD), "w") as file:
+            json.dump({"nms": nms, "model": type(model).__name__, "image_size": list(model.image_size),
+                       "max_pixels": int(max_pixels), "rpn_tf_version": rpn_tf.__version__}, file, indent=1)
         export_dir = _publish(temporary_dir, model_dir, export_dir, automatic=explicit is None)
     finally:
         shutil.rmtree(temporary_dir, ignore_errors=True)

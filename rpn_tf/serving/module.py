@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from rpn_tf.data.resize import resize_to_canvas
+from rpn_tf.config import canvas_varies
+from rpn_tf.data.resize import resize_to_canvas, trim_canvas
 from rpn_tf.ops.roi_sampling import RoiSampler
 
 IMAGE_SIGNATURES = ("serving_default", "image_tensor", "tf_example")
@@ -31,6 +32,10 @@ DETECTOR_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", 
 # Decoded images are bounded: an image's height × width is read from its header (JPEG, PNG, GIF, BMP) and checked
 # before decoding (TF itself caps only JPEG). 36 Mpx = 6000 × 6000 ≈ 108 MB as uint8.
 DEFAULT_MAX_PIXELS = 36_000_000
+# The NMS baked into a served graph, chosen by the export (never by the exporting machine): "combined"
+# (tf.image.combined_non_max_suppression, CPU kernels only: the fastest on a CPU server) or "padded" (rpn-tf's NMS
+# and the gather ROI Align: every op has a GPU kernel, and the graph compiles under XLA).
+SERVED_NMS = ("combined", "padded")
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")
 
 
@@ -82,11 +87,16 @@ class RpnServingModule:
     ``keras.export.ExportArchive`` (see ``rpn_tf.serving.exporter``).
     """
 
-    def __init__(self, model, roi_sampler: RoiSampler | None = None, max_pixels=DEFAULT_MAX_PIXELS):
+    def __init__(self, model, roi_sampler: RoiSampler | None = None, max_pixels=DEFAULT_MAX_PIXELS, nms="combined"):
+        if nms not in SERVED_NMS:
+            raise ValueError(f"nms must be one of {SERVED_NMS}, got {nms!r}")
         self.model = model
         self.max_pixels = int(max_pixels)
+        self.nms = nms
         self.roi_sampler = roi_sampler or RoiSampler(seed=0)
         self.image_size = tuple(model.image_size)
+        # the canvas' dtype: uint8 (rounded, as the encoder's), float32 for the "torchvision" policy (kept float)
+        self.canvas_dtype = tf.float32 if canvas_varies(model.resize) else tf.uint8
 
     @property
     def is_detector(self) -> bool:
@@ -94,11 +104,10 @@ class RpnServingModule:
         return hasattr(self.model, "detections_in_original_pixels")
 
     def _infer(self, canvas, image_scale, valid_size, original_size):
-        if self.is_detector:
-            outputs = self.model.detections_in_original_pixels(canvas, image_scale, valid_size, original_size)
-            return {key: outputs[key] for key in DETECTOR_OUTPUTS}
-        outputs = self.model.proposals_in_original_pixels(canvas, image_scale, valid_size, original_size)
-        return {key: outputs[key] for key in IMAGE_OUTPUTS}
+        # nms="padded" serves the XLA-compilable graph (padded NMS, gather ROI Align: every op has a GPU kernel)
+        outputs = self.model.outputs_in_original_pixels(canvas, image_scale, valid_size, original_size,
+                                                        xla=self.nms == "padded")
+        return {key: outputs[key] for key in (DETECTOR_OUTPUTS if self.is_detector else IMAGE_OUTPUTS)}
 
     def _decode_and_infer(self, encoded, input_name):
         with tf.control_dependencies(check_encoded_images(encoded, input_name)):
@@ -117,7 +126,7 @@ class RpnServingModule:
                         tf.cast(tf.shape(image)[:2], tf.float32))
 
             def refuse():
-                return (tf.zeros([height, width, 3], tf.uint8), tf.zeros([2]), tf.zeros([2]),
+                return (tf.zeros([height, width, 3], self.canvas_dtype), tf.zeros([2]), tf.zeros([2]),
                         tf.zeros([2]))
 
             return (size, *tf.cond(size[0] * size[1] <= self.max_pixels, decode, refuse))
@@ -142,7 +151,10 @@ class RpnServingModule:
                  "(RpnServingModule / export_saved_model max_pixels)"],
                 name=f"assert_{input_name.replace('/', '_')}_size")
         with tf.control_dependencies([check]):
-            return self._infer(*(tf.identity(t) for t in decoded))
+            canvas, image_scale, valid_size, original_size = (tf.identity(t) for t in decoded)
+        if canvas_varies(self.model.resize):  # the batch's own canvas, as torchvision batches
+            canvas = trim_canvas(canvas, valid_size, self.model.resize.size_divisible)
+        return self._infer(canvas, image_scale, valid_size, original_size)
 
     def serve_encoded_images(self, encoded_images):
         return self._decode_and_infer(encoded_images, "encoded_images")

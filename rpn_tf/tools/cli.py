@@ -36,9 +36,11 @@ def command_evaluate(args):
     model = load_model_file(args.model)
     from rpn_tf import evaluation
 
-    dataset, _ = load_dataset(args)
+    dataset, report = load_dataset(args)
     if hasattr(model, "detections_in_original_pixels"):
-        return _evaluate_detector(model, dataset, args)
+        return _evaluate_detector(model, dataset, report, args)
+    if args.detections_json:
+        raise UsageError("--detections-json needs a detector (FasterRCNN); an RPN gives proposals")
     results = evaluation.evaluate_recall(model, dataset, tuple(args.top_n))
     for key, value in results.items():
         print(f"{key}: {value:.4f}")
@@ -62,16 +64,28 @@ def _diagnose(rpn, dataset, args):
     return waterfall
 
 
-def _evaluate_detector(model, dataset, args):
-    """COCO detection metrics (pycocotools) of a FasterRCNN, and COCO AR@N of its RPN's proposals."""
+def _evaluate_detector(model, dataset, report, args):
+    """COCO detection metrics (pycocotools) of a FasterRCNN, and COCO AR@N of its RPN's proposals: against the COCO
+    JSON itself for --format coco (COCO's evaluation), else against the dataset's boxes (labelled so)."""
     from rpn_tf import coco_eval
 
-    results = {"detection": coco_eval.detection_metrics(model, dataset),
-               "proposals": coco_eval.proposal_metrics(model.rpn, dataset, tuple(args.top_n))}
-    print("COCO detection metrics (pycocotools; -1: no GT box of that size):")
+    ground_truth = None
+    if args.format == "coco":
+        if args.tile:
+            raise UsageError("--tile: COCO's evaluation is of the file's images, not of tiles")
+        ground_truth = args.data
+    # the model's classes → the JSON's category ids (from_coco's mapping for --category-ids contiguous)
+    categories = report.categories if ground_truth and report is not None and report.categories else None
+    results = {"detection": coco_eval.detection_metrics(model, dataset, ground_truth, categories,
+                                                        results_json=args.detections_json),
+               "proposals": coco_eval.proposal_metrics(model.rpn, dataset, tuple(args.top_n), ground_truth),
+               "ground_truth": coco_eval.ground_truth_note(ground_truth)}
+    if args.detections_json:
+        print(f"wrote the detections (COCO results format) to {args.detections_json}")
+    print(f"COCO detection metrics (pycocotools; {results['ground_truth']}; -1: no GT box of that size):")
     for key, value in results["detection"].items():
         print(f"  {key}: {value:.4f}")
-    print("proposals of its RPN (pycocotools, useCats=0):")
+    print(f"proposals of its RPN (pycocotools, useCats=0; {results['ground_truth']}):")
     for n in args.top_n:
         print(f"  AR@{n}: {results['proposals'][f'coco/AR@{n}']:.4f}  "
               f"recall@{n} IoU 0.5: {results['proposals'][f'coco/recall@{n}_iou0.5']:.4f}")
@@ -94,7 +108,7 @@ def command_export(args):
         with open(args.warmup_image, "rb") as file:
             jpeg = file.read()
     try:
-        path = export_saved_model(model, args.base_dir, args.name, args.version, warmup_jpeg=jpeg)
+        path = export_saved_model(model, args.base_dir, args.name, args.version, warmup_jpeg=jpeg, nms=args.nms)
     except (FileExistsError, ValueError, TypeError) as error:
         raise UsageError(str(error)) from None
     print(path)
@@ -224,6 +238,9 @@ def build_parser():
     _add_data_arguments(evaluate)
     evaluate.add_argument("--top-n", type=int, nargs="+", default=[100, 300, 1000], help="proposal counts N")
     evaluate.add_argument("--json", default=None, help="also write the results to this file")
+    evaluate.add_argument("--detections-json", default=None, metavar="FILE",
+                          help="a detector's detections as a COCO results file (image and category ids of the "
+                               "--format coco JSON), for COCOeval")
     evaluate.add_argument("--diagnose", action="store_true",
                           help="also print the recall waterfall: recall of all anchors, of the decoded boxes, of "
                                "the top N before and after NMS, by object size, and the scores by anchor label")
@@ -238,6 +255,9 @@ def build_parser():
     export.add_argument("--version", type=int, default=None, help="version number >= 1 (default: the next free)")
     export.add_argument("--config", default=None, help="JSON of RPNModel.get_config(), for a weights file")
     export.add_argument("--warmup-image", default=None, help="JPEG for the warmup requests (default: synthetic)")
+    export.add_argument("--nms", choices=("combined", "padded"), default="combined",
+                        help="NMS in the served graph: combined (CPU kernels, fastest on a CPU server) or padded "
+                             "(every op has a GPU kernel); recorded in assets.extra/rpn_tf_export.json")
     export.set_defaults(run=command_export)
 
     predict = commands.add_parser("predict", help="draw the top-N proposals (a FasterRCNN: detections) of an image "

@@ -11,7 +11,7 @@ from rpn_tf.tools.errors import UsageError
 from rpn_tf.tools.presets import BACKBONE_STRIDES, BACKBONES, FPN_BACKBONES, PRESETS
 
 FORMATS = ("deepforest", "voc", "coco", "tfrecord")
-RESIZE_POLICIES = ("letterbox", "stretch", "shorter_side")
+RESIZE_POLICIES = ("letterbox", "stretch", "shorter_side", "torchvision")
 MODELS = ("rpn", "faster_rcnn")
 
 
@@ -57,6 +57,9 @@ def add_data_arguments(parser, data_help="dataset path: see --format"):
                         help="dataset format (required, except with --preset deepforest)")
     parser.add_argument("--data", default=None, help=data_help)
     parser.add_argument("--images", default=None, help="image folder (--format coco)")
+    parser.add_argument("--category-ids", choices=("raw", "contiguous"), default="raw",
+                        help="--format coco: class ids are COCO's category ids (raw) or 1..K in ascending id order "
+                             "(contiguous, for --model faster_rcnn --num-classes K)")
     parser.add_argument("--skip-errors", action="store_true",
                         help="skip malformed records and unreadable images (named and counted) instead of stopping "
                              "at the first")
@@ -162,7 +165,7 @@ def load_dataset(args, data=None):
     elif args.format == "coco":
         if args.images is None:
             raise UsageError("--images is required for --format coco")
-        dataset, report = adapters.from_coco(data, args.images, on_error=on_error)
+        dataset, report = adapters.from_coco(data, args.images, on_error=on_error, category_ids=args.category_ids)
     else:
         dataset = adapters.read_od_tfrecords(data, on_error=on_error)
     if report is not None:

@@ -161,12 +161,18 @@ def test_dict_input_with_classes_and_formats():
 
 
 def test_padding_rows_in_other_formats():
-    encoder = rpn_tf.RpnTargetEncoder((64, 64), rpn_tf.AnchorConfig(stride=16, scales=(2,)), box_format="xywh")
-    padded = tf.constant([[20, 10, 30, 40], [-1, -1, -1, -1]], tf.float32)  # x, y, w, h
-    labels, _ = encoder.label_anchors(padded)
-    want, _ = rpn_tf.RpnTargetEncoder((64, 64), rpn_tf.AnchorConfig(stride=16, scales=(2,))).label_anchors(
-        tf.constant([[10, 20, 50, 50]], tf.float32))
-    np.testing.assert_array_equal(labels.numpy(), want.numpy())
+    anchors = rpn_tf.AnchorConfig(stride=16, scales=(2,))
+    encoder = rpn_tf.RpnTargetEncoder((64, 64), anchors, box_format="xywh", seed=1, max_boxes=3)
+    padded = tf.constant([[20, 10, 30, 40], [-1, -1, -1, -1]], tf.float32)  # x, y, w, h; then a padding row
+    _, targets = encoder(tf.zeros([64, 64, 3]), padded)
+    np.testing.assert_array_equal(targets["gt_boxes"].numpy(), [[10, 20, 50, 50], [-1, -1, -1, -1], [-1, -1, -1, -1]])
+    _, want = rpn_tf.RpnTargetEncoder((64, 64), anchors, seed=1, max_boxes=3)(tf.zeros([64, 64, 3]),
+                                                                             tf.constant([[10, 20, 50, 50.]]))
+    np.testing.assert_array_equal(targets["rpn_labels"].numpy(), want["rpn_labels"].numpy())
+    assert (want["rpn_labels"].numpy() == 1).sum() >= 1
+    # label_anchors / encode take gt_boxes (yxyx canvas pixels) whatever box_format says
+    np.testing.assert_array_equal(encoder.label_anchors(targets["gt_boxes"])[0].numpy(),
+                                  encoder.label_anchors(tf.constant([[10, 20, 50, 50.]]))[0].numpy())
 
 
 def test_more_boxes_than_max_boxes_raises():

@@ -171,7 +171,7 @@ def test_custom_backbone_and_errors():
     with pytest.raises(ValueError, match="feature map"):
         rpn_tf.RPNModel((72, 72), ANCHORS, backbone=backbone, backbone_stride=16)
     with pytest.raises(ValueError, match="targets need"):
-        small_model()._unpack((np.zeros((1, *IMAGE_SIZE, 3)), {"boxes": GT[None]}))
+        small_model()._unpack((np.zeros((1, *IMAGE_SIZE, 3)), {"classes": np.ones((1, len(GT)), np.int32)}))
 
 
 def test_builtin_application_backbones_build_offline():

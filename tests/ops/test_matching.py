@@ -99,3 +99,51 @@ def test_padded_image_labels_like_the_unpadded_image(allowed_border):
     # The sampled targets never use an anchor of the padding.
     sampled = targets["rpn_labels"].numpy().reshape(25, 25, 9)
     assert np.all(sampled[:, 13:] == -1) and (sampled == 1).sum() > 0
+
+
+def padded_batch(rng, counts, max_boxes=100):
+    """A batch padded to ``max_boxes`` rows with real boxes of ``counts`` per image (with duplicates: ties), and a
+    zero-area row in the middle (not usable)."""
+    boxes = -np.ones((len(counts), max_boxes, 4), np.float32)
+    for image, count in enumerate(counts):
+        if count == 0:
+            continue
+        real = random_boxes(rng, count)
+        real[1] = real[0]  # a duplicate GT box: the first keeps the tie
+        real[count // 2, 2:] = real[count // 2, :2]  # a zero-area box among real ones
+        boxes[image, :count] = real
+    return boxes
+
+
+def test_a_padded_batch_matches_in_chunks_exactly_as_one_matrix():
+    from rpn_tf.ops.matching import GT_CHUNK
+
+    rng = np.random.default_rng(4)
+    counts = (3 * GT_CHUNK - 5, GT_CHUNK + 2, 0)
+    boxes = padded_batch(rng, counts)
+    encoder = rpn_tf.RpnTargetEncoder(IMAGE_SIZE, rpn_tf.AnchorConfig(stride=16, scales=(2.0, 4.0)))
+    matcher = encoder.assigner.matcher
+    chunked = matcher.match_inside(tf.constant(boxes))  # static G = 100 > GT_CHUNK: chunks
+    for image, count in enumerate(counts):
+        one = matcher.match_inside(tf.constant(boxes[image:image + 1, :max(count, 1)]))  # one IoU matrix
+        for got, want in zip(chunked, one):
+            np.testing.assert_array_equal(got.numpy()[image], want.numpy()[0])
+    labels = chunked[0].numpy()
+    assert (labels[0] == 1).sum() > 10 and np.all(labels[2] != 1)  # something to compare; no GT: no positive
+
+
+def test_in_step_labelling_compiles_once_under_xla_without_a_matrix_per_padded_row():
+    rng = np.random.default_rng(5)
+    encoder = rpn_tf.RpnTargetEncoder(IMAGE_SIZE, rpn_tf.AnchorConfig(stride=16, scales=(2.0, 4.0)))
+    num_inside = encoder.assigner.matcher.num_inside
+    encode = tf.function(lambda boxes, seeds: encoder.encode(boxes, seeds=seeds, validate=False)["rpn_labels"],
+                         jit_compile=True)
+    boxes = tf.constant(padded_batch(rng, (20, 7)))
+    seeds = tf.constant([[1, 2], [3, 4]], tf.int64)
+    hlo = encode.experimental_get_compiler_ir(boxes, seeds)(stage="hlo")
+    entry = hlo[hlo.index("ENTRY"):]
+    # the boxes are an argument of the compiled program (a value-dependent shape would make XLA compile one program
+    # per batch), and no IoU of every padded row × every anchor is built
+    assert "f32[2,100,4]" in entry.split("\n")[0]
+    assert f"[2,100,{num_inside}]" not in hlo
+    np.testing.assert_array_equal(encode(boxes, seeds).numpy(), encoder.encode(boxes, seeds=seeds)["rpn_labels"])

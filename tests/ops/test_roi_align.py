@@ -112,9 +112,13 @@ def test_xla_matches_eager_and_gradients_reach_the_features():
     rng = np.random.default_rng(2)
     features = [tf.constant(rng.normal(size=(2, 16 // k, 16 // k, 4)).astype(np.float32)) for k in (1, 2)]
     boxes = tf.constant(np.array([BOXES[:4], BOXES[4:]], np.float32))
-    eager = multilevel_roi_align(features, (4, 8), boxes)  # crop_and_resize outside XLA
-    compiled = tf.function(lambda f0, f1, b: multilevel_roi_align([f0, f1], (4, 8), b), jit_compile=True)
+    eager = multilevel_roi_align(features, (4, 8), boxes)  # crop_and_resize (the default) outside XLA
+    compiled = tf.function(lambda f0, f1, b: multilevel_roi_align([f0, f1], (4, 8), b, implementation="gather"),
+                           jit_compile=True)
     np.testing.assert_allclose(compiled(*features, boxes).numpy(), eager.numpy(), atol=1e-5)  # gather under XLA
+    # the caller chooses (no private XLA detection): crop_and_resize inside XLA fails loudly, naming the op
+    with pytest.raises(tf.errors.InvalidArgumentError, match="CropAndResize"):
+        tf.function(lambda f0, f1, b: multilevel_roi_align([f0, f1], (4, 8), b), jit_compile=True)(*features, boxes)
     for implementation in IMPLEMENTATIONS:
         with tf.GradientTape() as tape:
             tape.watch(features)

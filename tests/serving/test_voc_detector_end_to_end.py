@@ -4,7 +4,10 @@ difficult and nested person parts that carry their own bndbox): from_voc → ds.
 model.fit → predictions in each photo's own pixels → export → the TF1 session loader (as TF Serving loads a
 SavedModel) serves the same detections."""
 
+import json
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -66,10 +69,9 @@ def write_voc_folder(root, rng):
     return photos
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("VOCdevkit") / "VOC2007")
-    photos = write_voc_folder(root, np.random.default_rng(0))
+def train(root, out_dir):
+    """The fixture's training, run in its own process (``python this_file.py ROOT OUT``): seeded, with op
+    determinism, so the run is the same every time whatever else the machine does."""
     dataset, report, class_names = adapters.from_voc(root)
     assert class_names == ["bird", "person"] and not report.skipped
     keras.utils.set_random_seed(0)
@@ -78,7 +80,24 @@ def trained(tmp_path_factory):
                           target_encoder_config={"max_boxes": 4})
     model = rpn_tf.FasterRCNN(len(class_names), rpn=rpn, representation_size=32, seed=0)  # default detection
     data = dataset.map(model.target_encoder).batch(4)
-    history = train_model(model, data, 40, learning_rate=2e-3, verbose=0)
+    history = train_model(model, data, 25, learning_rate=2e-3, verbose=0)
+    model.save(os.path.join(out_dir, "model.keras"))
+    with open(os.path.join(out_dir, "history.json"), "w") as file:
+        json.dump(history, file)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("VOCdevkit") / "VOC2007")
+    photos = write_voc_folder(root, np.random.default_rng(0))
+    out_dir = str(tmp_path_factory.mktemp("run"))
+    result = subprocess.run([sys.executable, __file__, root, out_dir], capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(out_dir, "history.json")) as file:
+        history = json.load(file)
+    model = keras.models.load_model(os.path.join(out_dir, "model.keras"))
+    dataset, _, _ = adapters.from_voc(root)
     return model, history, photos, list(dataset.as_numpy_iterator()), tmp_path_factory
 
 
@@ -118,3 +137,8 @@ def test_exported_voc_detector_serves_predict_through_the_tf1_session_loader(tra
         assert int(expected["num_detections"][0]) > 0
         for key in OUTPUTS:
             np.testing.assert_allclose(outputs[key], expected[key], atol=1e-3, err_msg=key)
+
+
+if __name__ == "__main__":
+    tf.config.experimental.enable_op_determinism()
+    train(sys.argv[1], sys.argv[2])

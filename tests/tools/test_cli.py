@@ -214,9 +214,11 @@ def test_faster_rcnn_train_evaluate_export_predict(tmp_path, capsys):
                      "--diagnose", "--plot", str(tmp_path / "w.png")]) == 0
     printed = capsys.readouterr().out
     assert "COCO detection metrics" in printed and "AP50:" in printed and "AR@100:" in printed
+    assert "box-area buckets, no crowd regions" in printed  # not a COCO JSON: the figures say how they were made
     assert "recall waterfall" in printed and (tmp_path / "w.png").stat().st_size > 0  # of the detector's RPN
     results = json.loads((tmp_path / "e.json").read_text())
-    assert set(results) == {"detection", "proposals", "waterfall"} and 0.0 <= results["detection"]["AP50"] <= 1.0
+    assert set(results) == {"detection", "proposals", "waterfall", "ground_truth"}
+    assert 0.0 <= results["detection"]["AP50"] <= 1.0 and "box-area" in results["ground_truth"]
     base = tmp_path / "serving"
     assert cli.main(["export", model, "--base-dir", str(base), "--name", "detector"]) == 0
     assert (base / "detector" / "1" / "saved_model.pb").exists()
