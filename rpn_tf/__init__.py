@@ -19,8 +19,9 @@ import os as _os
 import sys as _sys
 
 # Every name is imported when the package is (so that Keras finds RPNModel's registered class in
-# ``keras.models.load_model`` after a plain ``import rpn_tf``) — except under the ``rpn-tf`` command, which imports
-# what a command needs once its arguments are parsed, so that ``rpn-tf --help`` does not start TensorFlow.
+# ``keras.models.load_model`` after a plain ``import rpn_tf``) — except under rpn-tf's programs (``_is_cli``), which
+# import what a command needs once its arguments are parsed (``rpn-tf --help`` does not start TensorFlow) and
+# TensorFlow itself quietly (``tools.options.import_tensorflow``).
 _LAZY = {
     "AnchorConfig": "rpn_tf.config",
     "AnchorMatcher": "rpn_tf.ops.matching",
@@ -122,11 +123,15 @@ def __dir__():
     return sorted(set(globals()) | set(__all__))
 
 
+_PROGRAMS = ("rpn_tf.tools.cli", "rpn_tf.tools.demo", "rpn_tf.tools.train_deepforest")
+
+
 def _is_cli():
-    """Whether this process is the ``rpn-tf`` command (the script, ``cli.py`` or ``python -m rpn_tf.tools.cli``)."""
+    """Whether this process is one of rpn-tf's programs (the ``rpn-tf`` script, ``cli.py``, or ``python -m`` of the
+    CLI, the demo or the recipe): they import TensorFlow themselves, quietly."""
     program = _sys.argv[0] if _sys.argv and _sys.argv[0] else ""
     original = list(getattr(_sys, "orig_argv", []))
-    as_module = any(a == "-m" and b == "rpn_tf.tools.cli" for a, b in zip(original, original[1:]))
+    as_module = any(a == "-m" and b in _PROGRAMS for a, b in zip(original, original[1:]))
     return _os.path.basename(program) == "rpn-tf" or program.endswith(_os.path.join("rpn_tf", "tools", "cli.py")) \
         or as_module
 

@@ -4,7 +4,8 @@ Python blocks run in one namespace per block; bash blocks run with ``bash -e``; 
 file run last. Skipped, with the reason: the
 install commands (they are what ``.ci/run`` itself runs, and the demo has its own test), Docker, and the scaling-out
 commands that need a cluster (their code is tested on loopback in tests/modeling/test_distributed.py and
-tests/data/test_service.py). What a block needs from the world is prepared as the README says it: the demo's model
+tests/data/test_service.py), and the torchvision block that downloads a checkpoint (its commands run on a seeded
+checkpoint in tests/interop/test_torchvision_convert.py). What a block needs from the world is prepared as the README says it: the demo's model
 file (from the CLI block's training), a ``tree.jpg``, and TF Serving on localhost:8500 / 8501 (the loopback
 stand-ins of tests/loopback.py, serving the exported model).
 """
@@ -21,7 +22,9 @@ import tensorflow as tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKIP = {"pip install": "the install commands are what .ci/run runs", "docker": "no Docker engine here",
-        "TF_CONFIG": "needs a cluster", "data-service": "needs a cluster"}
+        "TF_CONFIG": "needs a cluster", "data-service": "needs a cluster",
+        "download.pytorch.org": "needs a network (torchvision's checkpoint) and COCO's val2017; the same commands on a "
+                                "seeded checkpoint: tests/interop/test_torchvision_convert.py, tests/test_coco_eval.py"}
 
 
 def blocks():

@@ -13,7 +13,8 @@ from rpn_tf.config.anchors import (DEFAULT_IMAGE_SIZE, DEFAULT_RATIOS, DEFAULT_S
                                    as_anchor_config,
                                    validate_image_size)
 from rpn_tf.config.fields import config_from_kwargs, config_to_dict  # noqa: F401
-from rpn_tf.config.resize import RESIZE_POLICIES, ResizeConfig, as_resize_config, canvas_varies  # noqa: F401
+from rpn_tf.config.resize import RESIZE_POLICIES, ResizeConfig, as_resize_config, canvas_varies, \
+    inference_canvas  # noqa: F401
 from rpn_tf.config.stages import (BOX_FORMATS, NMS_IMPLEMENTATIONS, DetectionConfig, ProposalConfig,  # noqa: F401
                                   RoiSamplerConfig,
                                   TargetConfig)

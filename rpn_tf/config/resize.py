@@ -66,3 +66,14 @@ def as_resize_config(resize) -> ResizeConfig:
 def canvas_varies(resize) -> bool:
     """Whether ``predict`` / serving put a batch on a canvas of its own size (the ``"torchvision"`` policy)."""
     return as_resize_config(resize).policy == "torchvision"
+
+
+def inference_canvas(resize, image_size):
+    """The canvas ``predict`` and the served graph resize onto before cutting a batch's own canvas out of it: the
+    model's ``image_size``, or — ``"torchvision"`` policy — a square that holds any image of the transform
+    (``max_size`` rounded up to ``size_divisible``: 1 344 for 1 333), whatever the training canvas."""
+    config = as_resize_config(resize)
+    if not canvas_varies(config):
+        return tuple(image_size)
+    side = -(-config.max_size // config.size_divisible) * config.size_divisible
+    return side, side

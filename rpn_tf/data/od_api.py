@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from rpn_tf.data.records import check_on_error
+from rpn_tf.data.records import DATA_LOSS_PREFIX, check_on_error
 
 _OD_FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
@@ -72,7 +72,9 @@ def _framed_records(path, size, on_error):
     (16 + length each) must add up to the file's ``size`` at its end. A file that ends inside a record (its last
     header cut: TensorFlow's reader drops that record silently) or whose data cannot be read (``DataLossError``,
     which names no file) stops short of ``size``: ``on_error="raise"`` raises ``InvalidArgumentError`` naming the
-    file and the byte where its readable records end, ``"skip"`` prints one warning line naming them and goes on
+    file, the record and the byte where its readable records end (a ``DataLossError`` — TensorFlow's type for a
+    corrupted record — where ``data_loss_error`` translates it: ``fit``, ``evaluate``, the CLI), ``"skip"`` prints
+    one warning line naming them and goes on
     (the records before that point were read). No extra read: one pass, as training reads the file anyway. A
     read error of the storage itself (e.g. a bucket that is unavailable) ends the file the same way and is
     reported as such: the message gives the byte, and ``check_tfrecord_framing`` tells a real truncation apart."""
@@ -80,11 +82,13 @@ def _framed_records(path, size, on_error):
     end = tf.data.Dataset.from_tensors((tf.constant(b""), tf.constant(True)))
     tagged = records.map(lambda record: (record, tf.constant(False))).concatenate(end)
 
-    def step(offset, item):
+    def step(state, item):
+        offset, index = state
         record, is_end = item
         whole = tf.logical_or(tf.logical_not(is_end), tf.equal(offset, size))
-        message = ["TFRecord file", path, "is truncated or corrupt: its readable records end at byte", offset,
-                   "of", size]
+        # the wording data_loss_error() recognises (and turns into a DataLossError where the data are consumed)
+        message = [DATA_LOSS_PREFIX, path, "is truncated or corrupt: record", index, "at byte", offset, "of", size,
+                   "cannot be read"]
         if on_error == "raise":
             check = tf.debugging.Assert(whole, message, name="assert_tfrecord_framing")
         else:
@@ -93,9 +97,11 @@ def _framed_records(path, size, on_error):
                                              output_stream=sys.stderr))
         with tf.control_dependencies([check]):
             length = tf.cast(tf.strings.length(record), tf.int64)
-            return offset + tf.where(is_end, tf.constant(0, tf.int64), 16 + length), (record, is_end)
+            offset = offset + tf.where(is_end, tf.constant(0, tf.int64), 16 + length)
+            return (offset, index + 1), (record, is_end)
 
-    return (tagged.scan(tf.constant(0, tf.int64), step)
+    start = (tf.constant(0, tf.int64), tf.constant(0, tf.int64))
+    return (tagged.scan(start, step)
             .filter(lambda record, is_end: tf.logical_not(is_end)).map(lambda record, is_end: record))
 
 

@@ -10,8 +10,10 @@ which ``RpnTargetEncoder`` maps directly (``dataset.map(encoder)``).
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
+import re
 from typing import Dict
 
 import numpy as np
@@ -43,6 +45,53 @@ class SkipReport:
                            "; ".join(f"{k}: {v}" for k, v in list(self.skipped.items())[:5]))
         for reason, count in self.excluded_boxes.items():
             logger.info("%s: excluded %d %s boxes", source, count, reason)
+
+
+DATA_LOSS_PREFIX = "TFRecord file"
+_DATA_LOSS = re.compile(r"\[TFRecord file\] \[(?P<path>.*?)\] \[is truncated or corrupt: record\] \[(?P<index>\d+)\] "
+                        r"\[at byte\] \[(?P<offset>\d+)\] \[of\] \[(?P<size>\d+)\]")
+# TensorFlow's decorations of an op's error: the function, node and op names, the "Graph execution error" preamble
+_NOISE = (re.compile(r"\{\{function_node [^}]*\}\}\s*"), re.compile(r"\n?\s*\[\[.*?\]\]", re.S),
+          re.compile(r"\s*\[Op:[^\]]*\]( name: \S*)?"), re.compile(r"^\s*Graph execution error:\s*"),
+          re.compile(r"Detected at node .*?(\n\n|$)", re.S))
+
+
+def clean_error_message(error):
+    """The meaningful text of a TensorFlow ``OpError`` (or any exception): without ``{{function_node …}}``,
+    ``[[{{node …}}]]``, ``[Op:…]`` and the "Graph execution error" preamble."""
+    text = getattr(error, "message", None) or str(error)
+    for pattern in _NOISE:
+        text = pattern.sub("", text)
+    text = text.strip()
+    if text.startswith("assertion failed: "):
+        text = text[len("assertion failed: "):]
+    return text
+
+
+def data_loss_error(error):
+    """A ``tf.errors.DataLossError`` naming the file, record and byte for the framing check of a TFRecord file
+    (``od_api``) inside ``error``; ``None`` for any other error. (Graph code can only raise ``InvalidArgument``
+    from an assertion; this restores the type TensorFlow's own reader uses for a corrupted record.)"""
+    match = _DATA_LOSS.search(getattr(error, "message", None) or str(error))
+    if match is None:
+        return None
+    index = int(match["index"])
+    return tf.errors.DataLossError(
+        None, None, f"TFRecord file {match['path']} is truncated or corrupt: record {index} at byte "
+                    f"{match['offset']} (of {match['size']}) cannot be read; the {index} records before it were read")
+
+
+@contextlib.contextmanager
+def named_data_errors():
+    """Around code that consumes a dataset (``fit``, ``evaluate``, the CLI): a TFRecord framing failure leaves as a
+    ``DataLossError`` naming the file, the record and the byte, without TensorFlow's internals."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as error:
+        translated = data_loss_error(error)
+        if translated is None:
+            raise
+        raise translated from None
 
 
 def check_on_error(on_error):

@@ -43,6 +43,9 @@ def resized_shape(original_size, image_size, config: ResizeConfig):
     if config.policy == "torchvision":  # torchvision's eager transform: Python floats, floor
         exact = tf.cast(original_size, tf.float64)
         scale = tf.minimum(config.shorter_side / tf.reduce_min(exact), config.max_size / tf.reduce_max(exact))
+        # a training canvas smaller than the transform's sizes: fitted into it, the aspect ratio kept (predict and
+        # serving use a canvas that holds every size: inference_canvas, so this never binds there)
+        scale = tf.minimum(scale, tf.reduce_min(tf.constant(image_size, tf.float64) / exact))
         size = tf.cast(tf.floor(exact * scale), tf.int32)
         return tf.clip_by_value(size, 1, tf.constant(image_size, tf.int32))
     scale = tf.reduce_min(canvas / original)  # letterbox: fit the canvas

@@ -1,5 +1,6 @@
 """What ``RPNModel`` and ``FasterRCNN`` share as Keras models: the input boundary of ``fit`` / ``evaluate`` /
-``predict`` (``modeling/inputs.py``: targets read once, checks on the host so that they hold under XLA), ``predict``
+``predict`` (``modeling/inputs.py``: targets read once, checks on the host so that they hold under XLA; a corrupt
+TFRecord file named in a ``DataLossError``: ``data.records.named_data_errors``), ``predict``
 on raw images of any size, boxes mapped back to each image's own pixels, and per-step random seeds that derive from
 the model's seed or, without one, from the global seed (``keras.utils.set_random_seed``).
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from rpn_tf.data.records import named_data_errors
 from rpn_tf.modeling.backbones import check_predict_input, check_raw_images
 from rpn_tf.modeling.inputs import batch_checks, canvas_targets, checked_inputs, guarded, split_batch
 from rpn_tf.ops.box_ops import clip_boxes
@@ -109,12 +111,15 @@ class DetectionModel(keras.Model):
                     + tuple(validation[2:])
             else:
                 kwargs["validation_data"] = checked_inputs(validation, None, self.check_batch)[0]
-        return super().fit(x, y, *args, shuffle=shuffle, **kwargs)
+        with named_data_errors():
+            return super().fit(x, y, *args, shuffle=shuffle, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         """``keras.Model.evaluate`` with the batches checked on the host (``check_batch``)."""
-        x, y = checked_inputs(x, y, self.check_batch)
-        return super().evaluate(x, y, *args, **kwargs)
+        if not kwargs.get("_use_cached_eval_dataset"):  # fit's validation: checked by fit already
+            x, y = checked_inputs(x, y, self.check_batch)
+        with named_data_errors():
+            return super().evaluate(x, y, *args, **kwargs)
 
     def train_on_batch(self, x, y=None, *args, **kwargs):
         x, y = checked_inputs(x, y, self.check_batch)
@@ -130,7 +135,8 @@ class DetectionModel(keras.Model):
         between calls), empty and NaN / Inf images on the host (``check_images``)."""
         check_predict_input(x)
         x, _ = checked_inputs(x, None, self.check_images)
-        return super().predict(x, *args, **kwargs)
+        with named_data_errors():
+            return super().predict(x, *args, **kwargs)
 
     def predict_on_batch(self, x):
         check_predict_input(x)

@@ -154,6 +154,14 @@ class DistributedTrainer:
                                  "must run the same number of steps)")
         if steps_per_epoch <= 0:
             raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+        from rpn_tf.data.records import named_data_errors
+
+        with named_data_errors():
+            return self._fit(dataset, epochs, steps_per_epoch, steps_per_call, validation_data, validation_steps,
+                             best_model_path, monitor)
+
+    def _fit(self, dataset, epochs, steps_per_epoch, steps_per_call, validation_data, validation_steps,
+             best_model_path, monitor):
         initial_epoch = self.restore()
         history = {}
         # the model's input boundary (check_batch) on the host, as fit's: its checks hold under XLA / on a TPU

@@ -95,11 +95,26 @@ class FasterRCNN(DetectionModel):
           batch_norm_epsilon: ``"auto"`` (0 for ``FrozenBatchNorm2d`` checkpoints — the COCO weights and their
             fine-tunes, which torchvision loads with ε = 0 —, 1e-5 for ``BatchNorm2d`` ones) or a number.
           trainable_backbone_layers: torchvision's (3): the ResNet stages that train when fine-tuned.
-          **kwargs: ``FasterRCNN``'s (``seed``, ``detection_config``…).
+          **kwargs: ``image_size`` (the ``tf.data`` encoder's training canvas, default 1344 × 1344; ``predict`` and
+            serving use each batch's own canvas, as torchvision) and ``FasterRCNN``'s (``seed``,
+            ``detection_config``…).
         """
         from rpn_tf.interop.torchvision import faster_rcnn_from_torchvision
 
         return faster_rcnn_from_torchvision(source, batch_norm_epsilon, trainable_backbone_layers, **kwargs)
+
+    def with_num_classes(self, num_classes):
+        """A copy of this detector for ``num_classes`` classes — to fine-tune a detector (e.g. torchvision's COCO
+        weights) on your classes: the RPN and the box head's hidden layers keep their weights, the class predictor
+        and box regressor start afresh (torchvision's recipe: a new ``FastRCNNPredictor``)."""
+        config = self.get_config()
+        config["num_classes"] = int(num_classes)
+        model = type(self).from_config(config)
+        model.rpn.set_weights(self.rpn.get_weights())
+        kept = zip(model.box_head.convs + model.box_head.fcs, self.box_head.convs + self.box_head.fcs)
+        for ours, theirs in kept:
+            ours.set_weights(theirs.get_weights())
+        return model
 
     # -- the parts -----------------------------------------------------------------------------------------------
     @property

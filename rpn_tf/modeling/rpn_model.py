@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 
 from rpn_tf.config import DEFAULT_IMAGE_SIZE, ProposalConfig, anchor_config_to_dict, canvas_varies, \
-    config_from_kwargs, config_to_dict
+    config_from_kwargs, config_to_dict, inference_canvas
 from rpn_tf.data.resize import resize_to_canvas, trim_canvas
 from rpn_tf.modeling.backbones import check_input_size, check_raw_images, feature_list
 from rpn_tf.modeling.base import HARD_MINING_STREAM, RPN_SAMPLING_STREAM, DetectionModel, boxes_in_original_pixels
@@ -343,7 +343,8 @@ class RPNModel(DetectionModel):
         """Raw images ``[B, H0, W0, 3]`` (one size) → ``(canvas [B, H, W, 3], image_scale [B, 2], valid_size [B, 2],
         original_size [B, 2])`` by the ``resize`` policy (the encoder's function)."""
         images = check_raw_images(images)
-        canvas, scale, valid_size = resize_to_canvas(images, self.image_size, self.resize)
+        canvas, scale, valid_size = resize_to_canvas(images, inference_canvas(self.resize, self.image_size),
+                                                     self.resize)
         if self.canvas_varies:  # the batch's own canvas: its size rounded up to size_divisible
             canvas = trim_canvas(canvas, valid_size[None], self.resize.size_divisible)
         batch = tf.shape(images)[:1]

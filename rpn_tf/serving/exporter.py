@@ -25,7 +25,8 @@ from tensorflow_serving.apis import prediction_log_pb2
 from rpn_tf.modeling.faster_rcnn import FasterRCNN
 from rpn_tf.modeling.rpn_model import RPNModel
 from rpn_tf.serving import client
-from rpn_tf.serving.module import DEFAULT_MAX_PIXELS, IMAGE_SIGNATURES, SERVED_NMS, RpnServingModule  # noqa: F401
+from rpn_tf.serving.module import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_PIXELS, IMAGE_SIGNATURES, SERVED_NMS, \
+    RpnServingModule  # noqa: F401
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 # What the export chose, beside the warmup records (TF Serving ignores other files in assets.extra).
@@ -167,7 +168,8 @@ def export_record(export_dir):
 
 
 def export_saved_model(model, base_dir, model_name="rpn", version=None, roi_sampler=None,
-                       warmup_jpeg=None, max_pixels=DEFAULT_MAX_PIXELS, nms="combined") -> str:
+                       warmup_jpeg=None, max_pixels=DEFAULT_MAX_PIXELS, nms="combined",
+                       max_batch_size=DEFAULT_MAX_BATCH_SIZE, max_request_pixels=None) -> str:
     """Writes ``base_dir/model_name/version/`` (a SavedModel with warmup records) and returns that path.
 
     Args:
@@ -181,6 +183,10 @@ def export_saved_model(model, base_dir, model_name="rpn", version=None, roi_samp
       warmup_jpeg: JPEG bytes for the warmup requests (default: a synthetic image).
       max_pixels: encoded images above this height × width (read from the header, before decoding) are refused
         with ``InvalidArgument`` naming the element (default 36 000 000).
+      max_batch_size: elements per request (32); more are refused with ``InvalidArgument`` (the model's memory
+        grows with the batch: ``docs/reliability.md``).
+      max_request_pixels: the pixels of one request's images together, read from their headers before decoding
+        (default 4 × ``max_pixels``); more are refused.
       nms: the NMS baked into the graph (``SERVED_NMS``): ``"combined"`` (default; CPU kernels, the fastest on a
         CPU server) or ``"padded"`` (every op has a GPU kernel; with the gather ROI Align). Chosen here, never by
         the exporting machine, and recorded in ``assets.extra/rpn_tf_export.json`` (``export_record``).
@@ -199,7 +205,7 @@ def export_saved_model(model, base_dir, model_name="rpn", version=None, roi_samp
     temporary_dir = os.path.join(model_dir, _temporary_name(version))
     os.makedirs(model_dir, exist_ok=True)
     try:
-        module = RpnServingModule(model, roi_sampler, max_pixels, nms)
+        module = RpnServingModule(model, roi_sampler, max_pixels, nms, max_batch_size, max_request_pixels)
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.track(module.roi_sampler)
@@ -211,7 +217,9 @@ def export_saved_model(model, base_dir, model_name="rpn", version=None, roi_samp
 
         with open(os.path.join(temporary_dir, EXPORT_RECORD), "w") as file:
             json.dump({"nms": nms, "model": type(model).__name__, "image_size": list(model.image_size),
-                       "max_pixels": int(max_pixels), "rpn_tf_version": rpn_tf.__version__}, file, indent=1)
+                       "max_pixels": module.max_pixels, "max_batch_size": module.max_batch_size,
+                       "max_request_pixels": module.max_request_pixels, "rpn_tf_version": rpn_tf.__version__},
+                      file, indent=1)
         export_dir = _publish(temporary_dir, model_dir, export_dir, automatic=explicit is None)
     finally:
         shutil.rmtree(temporary_dir, ignore_errors=True)

@@ -2,7 +2,8 @@
 ``FasterRCNN`` (the same image signatures, returning detections).
 
 Signatures (batch size ``None`` everywhere):
-  ``serving_default``  ``encoded_images``: string ``[B]`` JPEG/PNG/GIF/BMP bytes, images of any sizes.
+  ``serving_default``  ``encoded_images``: string ``[B]`` JPEG/PNG/BMP bytes, images of any sizes (GIFs are
+                       refused: their decoded size cannot be bounded from the header).
   ``image_tensor``     ``images``: uint8 ``[B, H, W, 3]``.
   ``tf_example``       ``serialized_examples``: string ``[B]`` ``tf.train.Example`` with ``image/encoded``.
   ``sample_rois``      ``proposals`` float32 ``[B, N, 4]``, ``num_proposals`` int32 ``[B]``, ``gt_boxes`` float32
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from rpn_tf.config import canvas_varies
+from rpn_tf.config import canvas_varies, inference_canvas
 from rpn_tf.data.resize import resize_to_canvas, trim_canvas
 from rpn_tf.ops.roi_sampling import RoiSampler
 
@@ -29,9 +30,13 @@ IMAGE_OUTPUTS = ("proposal_boxes", "proposal_scores", "num_proposals", "image_sc
 # A FasterRCNN's image signatures: the TF Object Detection API's names (boxes in the original image's pixels,
 # classes 1…K and num_detections as float32).
 DETECTOR_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections", "image_scale")
-# Decoded images are bounded: an image's height × width is read from its header (JPEG, PNG, GIF, BMP) and checked
-# before decoding (TF itself caps only JPEG). 36 Mpx = 6000 × 6000 ≈ 108 MB as uint8.
+# Decoded images are bounded: an image's height × width is read from its header (JPEG, PNG, BMP) and checked
+# before decoding (TF itself caps only JPEG). 36 Mpx = 6000 × 6000 ≈ 108 MB as uint8. A request holds at most
+# DEFAULT_MAX_BATCH_SIZE elements and, together, four images' worth of pixels (docs/reliability.md: the memory a
+# served model keeps is its largest decode and batch, a high-water mark of TensorFlow's allocator, not a leak).
 DEFAULT_MAX_PIXELS = 36_000_000
+DEFAULT_MAX_BATCH_SIZE = 32
+REQUEST_PIXELS_PER_IMAGE_LIMIT = 4
 # The NMS baked into a served graph, chosen by the export (never by the exporting machine): "combined"
 # (tf.image.combined_non_max_suppression, CPU kernels only: the fastest on a CPU server) or "padded" (rpn-tf's NMS
 # and the gather ROI Align: every op has a GPU kernel, and the graph compiles under XLA).
@@ -87,14 +92,20 @@ class RpnServingModule:
     ``keras.export.ExportArchive`` (see ``rpn_tf.serving.exporter``).
     """
 
-    def __init__(self, model, roi_sampler: RoiSampler | None = None, max_pixels=DEFAULT_MAX_PIXELS, nms="combined"):
+    def __init__(self, model, roi_sampler: RoiSampler | None = None, max_pixels=DEFAULT_MAX_PIXELS, nms="combined",
+                 max_batch_size=DEFAULT_MAX_BATCH_SIZE, max_request_pixels=None):
         if nms not in SERVED_NMS:
             raise ValueError(f"nms must be one of {SERVED_NMS}, got {nms!r}")
         self.model = model
         self.max_pixels = int(max_pixels)
+        self.max_batch_size = int(max_batch_size)
+        self.max_request_pixels = int(max_request_pixels or REQUEST_PIXELS_PER_IMAGE_LIMIT * self.max_pixels)
+        if min(self.max_pixels, self.max_batch_size, self.max_request_pixels) < 1:
+            raise ValueError(f"max_pixels, max_batch_size and max_request_pixels must be >= 1, got {self.max_pixels}, "
+                             f"{self.max_batch_size}, {self.max_request_pixels}")
         self.nms = nms
         self.roi_sampler = roi_sampler or RoiSampler(seed=0)
-        self.image_size = tuple(model.image_size)
+        self.image_size = inference_canvas(model.resize, model.image_size)  # the canvas decoded images go onto
         # the canvas' dtype: uint8 (rounded, as the encoder's), float32 for the "torchvision" policy (kept float)
         self.canvas_dtype = tf.float32 if canvas_varies(model.resize) else tf.uint8
 
@@ -109,48 +120,58 @@ class RpnServingModule:
                                                         xla=self.nms == "padded")
         return {key: outputs[key] for key in (DETECTOR_OUTPUTS if self.is_detector else IMAGE_OUTPUTS)}
 
+    def _batch_check(self, batch_size, input_name):
+        """An assertion that a request holds at most ``max_batch_size`` elements."""
+        return tf.debugging.Assert(
+            batch_size <= self.max_batch_size,
+            [f"{input_name}: a request of", batch_size, f"elements, more than the limit of {self.max_batch_size} "
+             "(export_saved_model max_batch_size): split it"], name="assert_batch_size")
+
     def _decode_and_infer(self, encoded, input_name):
-        with tf.control_dependencies(check_encoded_images(encoded, input_name)):
+        checks = check_encoded_images(encoded, input_name)
+        checks.append(self._batch_check(tf.size(encoded), input_name))
+        is_gif = tf.strings.substr(encoded, 0, 3) == b"GIF"
+        checks.append(_assert_named(is_gif, f"{input_name}: elements",
+                                    "are GIF images, which are not served: a GIF's frames may be larger than the size "
+                                    "its header declares, and every frame is decoded, so its cost cannot be bounded "
+                                    "before decoding; send PNG, JPEG or BMP"))
+        with tf.control_dependencies(checks):
             encoded = tf.identity(encoded)
         height, width = self.image_size
 
-        def read(data):
-            """Header size, then — within the pixel limit — the decoded image on the canvas (else zeros: the
-            element is refused below, by name, without decoding it)."""
-            size = header_size(data)
-
-            def decode():
-                image = tf.io.decode_image(data, channels=3, expand_animations=False)
-                canvas, scale, valid_size = resize_to_canvas(image, self.image_size, self.model.resize)
-                return (tf.ensure_shape(canvas, [height, width, 3]), scale, tf.cast(valid_size, tf.float32),
-                        tf.cast(tf.shape(image)[:2], tf.float32))
-
-            def refuse():
-                return (tf.zeros([height, width, 3], self.canvas_dtype), tf.zeros([2]), tf.zeros([2]),
-                        tf.zeros([2]))
-
-            return (size, *tf.cond(size[0] * size[1] <= self.max_pixels, decode, refuse))
-
-        # One pipeline reads every element; only when some failed does a second one tell which failed already
-        # at the header (the error names the elements either way).
-        (sizes, *decoded), arrived = _map_catching(read, encoded)
-        failed = tf.logical_not(arrived)
-        header_failed = tf.cond(tf.reduce_any(failed),
-                                lambda: tf.logical_not(_map_catching(lambda data: (header_size(data),), encoded)[1]),
-                                lambda: tf.zeros_like(failed))
-        checks = [_assert_named(header_failed, f"{input_name}: elements", "have an unreadable image header "
-                                "(truncated or corrupt)"),
-                  _assert_named(failed & tf.logical_not(header_failed), f"{input_name}: elements",
-                                "could not be decoded (corrupt or truncated image data)")]
-        with tf.control_dependencies(checks):  # from here on every element arrived, in order
-            too_large = sizes[:, 0] * sizes[:, 1] > self.max_pixels
-            check = tf.debugging.Assert(
+        # Every element's size from its header before anything is decoded: each within max_pixels, all together
+        # within max_request_pixels (the decoding work of one request is bounded before it starts).
+        (sizes,), header_ok = _map_catching(lambda data: (header_size(data),), encoded)
+        pixels = sizes[:, 0] * sizes[:, 1]
+        too_large = pixels > self.max_pixels
+        indices = tf.where(header_ok)[:, 0]
+        header_checks = [
+            _assert_named(tf.logical_not(header_ok), f"{input_name}: elements", "have an unreadable image header "
+                          "(truncated or corrupt)"),
+            tf.debugging.Assert(
                 tf.logical_not(tf.reduce_any(too_large)),
-                [f"{input_name}: elements", tf.where(too_large)[:, 0], "are images of (height, width)",
+                [f"{input_name}: elements", tf.boolean_mask(indices, too_large), "are images of (height, width)",
                  tf.boolean_mask(sizes, too_large), f"pixels, more than the limit of {self.max_pixels} pixels "
                  "(RpnServingModule / export_saved_model max_pixels)"],
-                name=f"assert_{input_name.replace('/', '_')}_size")
-        with tf.control_dependencies([check]):
+                name=f"assert_{input_name.replace('/', '_')}_size"),
+            tf.debugging.Assert(
+                tf.reduce_sum(pixels) <= self.max_request_pixels,
+                [f"{input_name}: the request's images hold", tf.reduce_sum(pixels), "pixels together, more than the "
+                 f"limit of {self.max_request_pixels} per request (export_saved_model max_request_pixels): split it"],
+                name=f"assert_{input_name.replace('/', '_')}_request_pixels")]
+        with tf.control_dependencies(header_checks):
+            encoded = tf.identity(encoded)
+
+        def read(data):
+            image = tf.io.decode_image(data, channels=3, expand_animations=False)
+            canvas, scale, valid_size = resize_to_canvas(image, self.image_size, self.model.resize)
+            return (tf.ensure_shape(canvas, [height, width, 3]), scale, tf.cast(valid_size, tf.float32),
+                    tf.cast(tf.shape(image)[:2], tf.float32))
+
+        decoded, arrived = _map_catching(read, encoded)
+        check = _assert_named(tf.logical_not(arrived), f"{input_name}: elements",
+                              "could not be decoded (corrupt or truncated image data)")
+        with tf.control_dependencies([check]):  # from here on every element arrived, in order
             canvas, image_scale, valid_size, original_size = (tf.identity(t) for t in decoded)
         if canvas_varies(self.model.resize):  # the batch's own canvas, as torchvision batches
             canvas = trim_canvas(canvas, valid_size, self.model.resize.size_divisible)
@@ -160,9 +181,13 @@ class RpnServingModule:
         return self._decode_and_infer(encoded_images, "encoded_images")
 
     def serve_image_tensor(self, images):
+        with tf.control_dependencies([self._batch_check(tf.shape(images)[0], "images")]):
+            images = tf.identity(images)
         return self._infer(*self.model.to_canvas(images))
 
     def serve_tf_example(self, serialized_examples):
+        with tf.control_dependencies([self._batch_check(tf.size(serialized_examples), "serialized_examples")]):
+            serialized_examples = tf.identity(serialized_examples)
         spec = {"image/encoded": tf.io.FixedLenFeature([], tf.string)}
         (encoded,), arrived = _map_catching(
             lambda serialized: (tf.io.parse_single_example(serialized, spec)["image/encoded"],), serialized_examples)

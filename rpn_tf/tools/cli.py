@@ -1,4 +1,4 @@
-"""The rpn-tf command line: train, evaluate, export, predict, visualize-targets, data-service, native, demo.
+"""The rpn-tf command line: train, evaluate, export, predict, convert, visualize-targets, data-service, native, demo.
 
 Models come from a preset (--preset article | fpn | deepforest; see "rpn-tf train --help"); any option given
 overrides the preset's value. Datasets (--format):
@@ -165,7 +165,30 @@ def command_native(args):
     return 0
 
 
+def command_convert(args):
+    import_tensorflow()
+    from rpn_tf.modeling.faster_rcnn import FasterRCNN
+    from rpn_tf.modeling.rpn_model import RPNModel
+
+    if not os.path.isfile(args.checkpoint):
+        raise UsageError(f"no such checkpoint file: {args.checkpoint}")
+    if not args.out.endswith(".keras"):
+        raise UsageError(f"--out must be a .keras file, got {args.out}")
+    epsilon = args.batch_norm_epsilon if args.batch_norm_epsilon == "auto" else float(args.batch_norm_epsilon)
+    builder = RPNModel if args.rpn_only else FasterRCNN
+    model = builder.from_torchvision(args.checkpoint, batch_norm_epsilon=epsilon,
+                                     trainable_backbone_layers=args.trainable_backbone_layers,
+                                     image_size=tuple(args.image_size))
+    from rpn_tf.modeling.callbacks import save_atomically
+
+    save_atomically(model, args.out)
+    what = "RPN" if args.rpn_only else f"FasterRCNN with {model.num_classes} classes"
+    print(f"wrote {args.out}: torchvision's fasterrcnn_resnet50_fpn as an rpn-tf {what}")
+    return 0
+
+
 def command_demo(args):
+    import_tensorflow()
     from rpn_tf.tools import demo
 
     argv = ["--out", args.out] + (["--epochs", str(args.epochs)] if args.epochs is not None else []) + \
@@ -187,6 +210,10 @@ def build_parser():
                                             "override them.")
     _add_data_arguments(train)
     _add_model_arguments(train)
+    train.add_argument("--init", default=None, metavar="MODEL.keras",
+                       help="start from this model — its architecture and weights (e.g. written by rpn-tf convert) — "
+                            "instead of building one from --preset; a detector's class predictor is replaced when "
+                            "--num-classes differs (COCO's 90 classes → yours)")
     train.add_argument("--model", choices=MODELS, default="rpn",
                        help="rpn: the RPN alone; faster_rcnn: the RPN with a Fast R-CNN second stage (ROI Align, "
                             "2 x FC box head), trained jointly")
@@ -307,6 +334,23 @@ def build_parser():
     native_parser.add_argument("--all", action="store_true", help="clean: remove every cached build")
     native_parser.set_defaults(run=command_native)
 
+    convert = commands.add_parser(
+        "convert", formatter_class=_Formatter, help="convert a torchvision Faster R-CNN checkpoint to a .keras model",
+        description="Converts a torchvision fasterrcnn_resnet50_fpn checkpoint (.pth, read without torch; or "
+                    ".safetensors) into an rpn-tf FasterRCNN (or its RPN alone) that gives torchvision's proposals "
+                    "and detections, fine-tunes with rpn-tf train / fit and exports with rpn-tf export.")
+    convert.add_argument("source", choices=("torchvision",), help="the checkpoint's library")
+    convert.add_argument("checkpoint", help="the checkpoint file (e.g. fasterrcnn_resnet50_fpn_coco-258fb6c6.pth)")
+    convert.add_argument("--out", required=True, help="the .keras file to write")
+    convert.add_argument("--rpn-only", action="store_true", help="the RPN alone (backbone + RPN head)")
+    convert.add_argument("--batch-norm-epsilon", default="auto",
+                         help="auto: 0 for FrozenBatchNorm2d checkpoints (the COCO weights), 1e-5 otherwise")
+    convert.add_argument("--trainable-backbone-layers", type=int, default=3,
+                         help="torchvision's: ResNet stages that train when fine-tuned (0-5)")
+    convert.add_argument("--image-size", type=int, nargs=2, default=[1344, 1344], metavar=("H", "W"),
+                         help="the training canvas of the tf.data encoder (predict and serving use each batch's own)")
+    convert.set_defaults(run=command_convert)
+
     demo = commands.add_parser("demo", help="train, evaluate, export and serve the RPN and a FasterRCNN on the "
                                             "bundled real data",
                                formatter_class=_Formatter)
@@ -380,9 +424,11 @@ def _run(args):
             ordinary += (tf.errors.OpError,)
         if os.environ.get("RPN_TF_DEBUG") or not isinstance(error, ordinary):
             raise
-        message = getattr(error, "message", None) or str(error)
-        print(f"error: {message.strip().splitlines()[0] if message.strip() else type(error).__name__}",
-              file=sys.stderr)
+        from rpn_tf.data.records import clean_error_message, data_loss_error
+
+        # a corrupt TFRecord file: named as a DataLossError; any TensorFlow error: without its internals
+        message = clean_error_message(data_loss_error(error) or error) if tf is not None else str(error)
+        print(f"error: {message.splitlines()[0] if message else type(error).__name__}", file=sys.stderr)
         return 2
 
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from rpn_tf.tools.options import import_tensorflow
+
+import_tensorflow()  # TensorFlow's start-up lines hidden (run as a module too)
 
 import tensorflow as tf  # noqa: E402
 

@@ -15,10 +15,20 @@ RESIZE_POLICIES = ("letterbox", "stretch", "shorter_side", "torchvision")
 MODELS = ("rpn", "faster_rcnn")
 
 
+def _cuda_driver_present():
+    """Whether an NVIDIA driver is installed (its kernel module or ``libcuda``)."""
+    import ctypes.util
+
+    return os.path.exists("/proc/driver/nvidia/version") or ctypes.util.find_library("cuda") is not None
+
+
 def import_tensorflow():
-    """Imports TensorFlow with its start-up chatter hidden (C++ log lines on stderr, e.g. "failed call to cuInit" on
-    a machine without a GPU); failures still arrive as Python exceptions, reported in one line."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    """Imports TensorFlow with its start-up chatter hidden: the lines it prints while importing (oneDNN, CUDA stubs,
+    CPU features) go to /dev/null, and — unless the user set ``TF_CPP_MIN_LOG_LEVEL`` — its C++ log is limited to
+    errors (level 3) on a machine without an NVIDIA driver, where its only error line is the meaningless "failed
+    call to cuInit", and to warnings and errors (level 1) where a driver is installed, so a real GPU problem still
+    shows. Failures still arrive as Python exceptions, reported in one line."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1" if _cuda_driver_present() else "3")
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
     sys.stderr.flush()
@@ -130,7 +140,10 @@ def resolve(args):
         args.optimizer = preset.optimizer
     if getattr(args, "learning_rate", None) is None and hasattr(args, "learning_rate"):
         args.learning_rate = preset.learning_rate
-    if getattr(args, "model", None) == "faster_rcnn":
+    if getattr(args, "init", None):
+        if not os.path.isfile(args.init):
+            raise UsageError(f"--init: no such model file: {args.init}")
+    elif getattr(args, "model", None) == "faster_rcnn":
         if args.num_classes is None:
             args.num_classes = preset.num_classes
         if args.num_classes is None:

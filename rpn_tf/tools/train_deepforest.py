@@ -14,7 +14,9 @@ import json
 import os
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from rpn_tf.tools.options import import_tensorflow
+
+import_tensorflow()  # TensorFlow's start-up lines hidden (run as a module too)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

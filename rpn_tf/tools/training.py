@@ -50,6 +50,18 @@ def _count_batches(dataset):
     return cardinality if cardinality >= 0 else sum(1 for _ in dataset)
 
 
+def _initial_model(args):
+    """``--init``: the model of a .keras file, its class predictor replaced for ``--num-classes`` (a detector)."""
+    from rpn_tf.modeling.faster_rcnn import FasterRCNN
+    from rpn_tf.tools.options import load_model_file
+
+    model = load_model_file(args.init)
+    if isinstance(model, FasterRCNN) and args.num_classes and args.num_classes != model.num_classes:
+        print(f"{args.init}: {model.num_classes} classes → {args.num_classes} (a new class predictor)", flush=True)
+        model = model.with_num_classes(args.num_classes)
+    return model
+
+
 def train(args):
     from rpn_tf.modeling.callbacks import save_atomically
     from rpn_tf.modeling.distributed import is_chief, strategy_from_name
@@ -84,7 +96,7 @@ def train(args):
         if steps_per_epoch == 0:
             raise UsageError(f"--batch-size {args.batch_size} is larger than the dataset ({images} images)")
     with strategy.scope():
-        model = build_model(args)
+        model = _initial_model(args) if args.init else build_model(args)
     dataset = (elements.shuffle(256, seed=0 if loop else None, reshuffle_each_iteration=True)
                .map(model.target_encoder, num_parallel_calls=tf.data.AUTOTUNE)
                .batch(args.batch_size, drop_remainder=loop))

@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import keras
+import rpn_tf
 from rpn_tf.data import adapters
+from rpn_tf.data.records import named_data_errors
 
 RNG = np.random.default_rng(0)
 
@@ -184,8 +187,14 @@ def test_truncated_tfrecord_is_named(tmp_path, cut):
     assert len(elements(adapters.read_od_tfrecords(good))) == 3
     # Default: checked as the records stream (no extra read), named where the readable records end.
     with pytest.raises(tf.errors.InvalidArgumentError,
-                       match=rf"bad.tfrecord.*is truncated or corrupt: its readable records end at byte.*{third}"):
+                       match=rf"bad.tfrecord.*is truncated or corrupt: record\] \[2\] \[at byte\] \[{third}\]"):
         elements(adapters.read_od_tfrecords([good, bad]))
+    # Where the data are consumed (fit, evaluate, the CLI): TensorFlow's type for it, a message without internals
+    with pytest.raises(tf.errors.DataLossError) as raised, named_data_errors():
+        elements(adapters.read_od_tfrecords([good, bad]))
+    assert raised.value.message == (f"TFRecord file {bad} is truncated or corrupt: record 2 at byte {third} (of "
+                                    f"{len(data[:third + cut] if cut > 0 else data[:cut])}) cannot be read; the 2 "
+                                    "records before it were read")
     # Skipped with a warning: the 5 whole records, nothing silently.
     assert len(elements(adapters.read_od_tfrecords([good, bad], on_error="skip"))) == 5
     # Up front: a seek per record before training.
@@ -271,6 +280,17 @@ def test_a_corrupt_record_inside_a_tfrecord_is_named_too(tmp_path):
     data[16 + len(examples[0]) + 12 + 30] ^= 0xFF  # a flipped bit in record 1's payload: its CRC fails
     open(path, "wb").write(bytes(data))
     first_end = 16 + len(examples[0])
-    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"rot.tfrecord.*readable records end at byte\] \[{first_end}\]"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"rot.tfrecord.*record\] \[1\] \[at byte\] \[{first_end}\]"):
         elements(adapters.read_od_tfrecords(path))
     assert len(elements(adapters.read_od_tfrecords(path, on_error="skip"))) == 1
+    # through a model's fit: a DataLossError naming the file, the record and the byte, no TensorFlow internals
+    keras.utils.set_random_seed(0)
+    model = rpn_tf.RPNModel((32, 32), rpn_tf.AnchorConfig(stride=16, scales=(1.0,)), backbone="simple",
+                            target_encoder_config={"max_boxes": 2})
+    model.compile(optimizer="adam")
+    data = adapters.read_od_tfrecords(path).map(model.target_encoder).batch(1)
+    with pytest.raises(tf.errors.DataLossError) as raised:
+        model.fit(data, epochs=1, verbose=0)
+    message = raised.value.message
+    assert message.startswith(f"TFRecord file {path} is truncated or corrupt: record 1 at byte {first_end}")
+    assert "function_node" not in message and "Graph execution" not in message

@@ -1,6 +1,8 @@
 """Serving limits and bad requests: bounded decoding, named elements, validated GT, and a seeded fuzz."""
 
 import io
+import json
+import os
 
 import numpy as np
 import pytest
@@ -134,3 +136,30 @@ def test_many_threads_on_one_loaded_saved_model_get_the_single_thread_results(se
             "proposal_boxes"].numpy(), requests * 3))
     for index, boxes in enumerate(together):
         np.testing.assert_array_equal(boxes, alone[index % len(requests)])
+
+
+def test_a_request_is_bounded_in_elements_in_pixels_and_gifs_are_refused(tmp_path):
+    """The served graph's memory: a request of more than max_batch_size elements, or whose images together hold
+    more than max_request_pixels (read from the headers, before decoding), is refused by name; so is a GIF, whose
+    decoded size its header cannot bound (frames larger than its screen)."""
+    model = rpn_tf.RPNModel((64, 64), rpn_tf.AnchorConfig(stride=16, scales=(2.0,)), backbone="simple",
+                            head_channels=8)
+    path = export_saved_model(model, str(tmp_path), "rpn", max_pixels=100 * 100, max_batch_size=3,
+                              max_request_pixels=150 * 100)
+    served = tf.saved_model.load(path).signatures
+    small = encoded(np.zeros((40, 50, 3), np.uint8), "PNG")  # 2 000 pixels
+    large = encoded(np.zeros((100, 100, 3), np.uint8), "PNG")  # 10 000 pixels: within max_pixels
+    assert served["serving_default"](encoded_images=tf.constant([small, large]))["proposal_boxes"].shape[0] == 2
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"a request of\] \[4\] \[elements, more than the limit of 3"):
+        served["serving_default"](encoded_images=tf.constant([small] * 4))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"a request of\] \[4\] \[elements"):
+        served["image_tensor"](images=tf.zeros([4, 20, 20, 3], tf.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"hold\] \[20000\] \[pixels together, more than the limit "
+                                                             r"of 15000"):
+        served["serving_default"](encoded_images=tf.constant([large, large]))
+    gif = encoded(np.zeros((10, 10, 3), np.uint8), "GIF")
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"elements\] \[1\] \[are GIF images, which are not served"):
+        served["serving_default"](encoded_images=tf.constant([small, gif]))
+    with open(os.path.join(path, "assets.extra", "rpn_tf_export.json")) as file:
+        record = json.load(file)
+    assert record["max_batch_size"] == 3 and record["max_request_pixels"] == 15000 and record["nms"] == "combined"

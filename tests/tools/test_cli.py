@@ -243,3 +243,43 @@ def test_demo_forwards_its_options(monkeypatch):
     monkeypatch.setattr(demo, "main", seen.append)
     assert cli.main(["demo", "--out", "d", "--epochs", "2", "--detector-epochs", "0", "--seed", "2"]) == 0
     assert seen == [["--out", "d", "--epochs", "2", "--detector-epochs", "0", "--seed", "2"]]
+
+
+def test_a_corrupt_tfrecord_ends_train_in_one_data_loss_line_without_tensorflows_internals(tmp_path):
+    from rpn_tf.data import adapters
+
+    rng = np.random.default_rng(1)
+    examples = [adapters.od_example(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), [[0.1, 0.1, 0.6, 0.6]], [1],
+                                    filename=f"{i}.png").SerializeToString() for i in range(3)]
+    path = tmp_path / "rot.tfrecord"
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for example in examples:
+            writer.write(example)
+    data = bytearray(path.read_bytes())
+    data[16 + len(examples[0]) + 12 + 30] ^= 0xFF  # one flipped byte in record 1
+    path.write_bytes(bytes(data))
+    status, out, err = run_cli("train", "--format", "tfrecord", "--data", str(path), "--image-size", "64", "64",
+                               "--backbone", "simple", "--epochs", "1", "--batch-size", "1", "--out",
+                               str(tmp_path / "run"))
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert status == 2 and lines == [f"error: TFRecord file {path} is truncated or corrupt: record 1 at byte "
+                                     f"{16 + len(examples[0])} (of {len(data)}) cannot be read; the 1 records before "
+                                     "it were read"], err
+    assert "function_node" not in err and "Graph execution" not in err
+
+
+START_UP_LINES = ("cuInit", "oneDNN", "cpu_feature_guard", "absl::InitializeLog", "cuda drivers")
+
+
+def test_commands_and_the_demo_start_without_tensorflows_start_up_lines(tmp_path):
+    """On a machine without a GPU TensorFlow prints oneDNN / CUDA stub / CPU feature lines when imported and
+    "failed call to cuInit" at its first op; the CLI, the demo and the recipe (run as modules too) hide them."""
+    status, out, err = run_cli("visualize-targets", "--preset", "deepforest", "--data", "OSBS_029", "--image-size",
+                               "128", "128", "--output", str(tmp_path / "targets.png"))  # runs ops
+    assert status == 0 and not any(marker in err for marker in START_UP_LINES), err
+    for module in ("rpn_tf.tools.demo", "rpn_tf.tools.train_deepforest"):
+        env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+        result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
+                                timeout=300, env=env)
+        assert result.returncode == 0 and not any(marker in result.stderr for marker in START_UP_LINES), \
+            (module, result.stderr)
