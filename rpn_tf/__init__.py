@@ -64,7 +64,7 @@ _LAZY = {
     "sample_balanced": "rpn_tf.ops.sampling",
 }
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "AnchorConfig",

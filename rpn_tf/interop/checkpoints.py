@@ -67,17 +67,27 @@ class _LazyTensor:
 
 
 def _as_array(storage, offset, size, stride):
-    """``storage[offset:]`` viewed with torch's ``size`` / ``stride`` (in elements), copied."""
+    """``storage[offset:]`` viewed with torch's ``size`` / ``stride`` (in elements), copied — after checking that
+    the view lies inside the storage (a crafted file's negative or oversized strides would otherwise read memory
+    outside it)."""
     storage = np.asarray(storage)
-    size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
+    try:
+        offset, size, stride = int(offset), tuple(int(s) for s in size), tuple(int(s) for s in stride)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"a tensor has a malformed size / stride / offset ({error})") from error
+    if offset < 0 or any(n < 0 for n in size) or any(s < 0 for s in stride) or len(size) != len(stride):
+        raise ValueError(f"a tensor has a negative or mismatched size {size} / stride {stride} / offset {offset} "
+                         "(a corrupt or crafted checkpoint)")
     if not size:
+        if offset >= storage.size:
+            raise ValueError(f"a scalar tensor at offset {offset} lies past its storage of {storage.size} elements")
         return np.array(storage[offset])  # a 0-d array
-    needed = offset + sum((n - 1) * s for n, s in zip(size, stride)) + 1 if all(size) else offset
-    if needed > storage.size:
+    if 0 in size:
+        return np.zeros(size, storage.dtype)
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if last >= storage.size:
         raise ValueError(f"a tensor of size {size} / stride {stride} at offset {offset} runs past its storage of "
                          f"{storage.size} elements (a truncated or corrupt checkpoint)")
-    if not all(size):
-        return np.zeros(size, storage.dtype)
     return np.lib.stride_tricks.as_strided(storage[offset:], shape=size,
                                            strides=tuple(s * storage.itemsize for s in stride)).copy()
 
@@ -145,11 +155,12 @@ def _load_zip(path):
             member = f"{prefix}data/{key}"
             if member not in names:
                 raise ValueError(f"{path}: storage {key} is missing from the archive (a truncated checkpoint)")
-            data = archive.read(member)
             itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
-            if len(data) < numel * itemsize:
-                raise ValueError(f"{path}: storage {key} holds {len(data)} bytes, {numel * itemsize} expected")
-            return _frombuffer(data, dtype, numel)
+            if numel < 0 or archive.getinfo(member).file_size < numel * itemsize:
+                raise ValueError(f"{path}: storage {key} holds {archive.getinfo(member).file_size} bytes, "
+                                 f"{numel * itemsize} expected")  # checked before reading (no zip bomb)
+            with archive.open(member) as data:
+                return _frombuffer(data.read(numel * itemsize), dtype, numel)
 
         return _StateDictUnpickler(io.BytesIO(archive.read(pickles[0])), storage_of).load()
 
@@ -179,6 +190,8 @@ def _load_legacy(path):
             if len(header) < 8 or key not in pending:
                 raise ValueError(f"{path}: storage {key} is missing or the file is truncated")
             count = struct.unpack("<q", header)[0]
+            if count < 0:
+                raise ValueError(f"{path}: storage {key} declares {count} elements (a corrupt checkpoint)")
             dtype, numel, _ = pending[key]
             itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
             data = file.read(count * itemsize)
@@ -247,6 +260,6 @@ def load_state_dict(path):
         if head[:1] == b"\x80":
             return _flatten(_load_legacy(path))
     except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError, IndexError, TypeError,
-            struct.error) as error:
+            struct.error, OverflowError, MemoryError) as error:
         raise ValueError(f"{path}: unreadable checkpoint ({type(error).__name__}: {error})") from error
     raise ValueError(f"{path}: neither a torch checkpoint (.pth: zip or legacy pickle) nor .safetensors")

@@ -229,7 +229,9 @@ def load_torchvision_weights(plan, state_dict, what):
 
 def _batch_norm_epsilon(state_dict, batch_norm_epsilon):
     """torchvision's ``FrozenBatchNorm2d`` checkpoints (no ``num_batches_tracked``: the COCO weights and their
-    fine-tunes) use ε = 0 (``overwrite_eps``), ``BatchNorm2d`` ones (``weights=None`` models) 1e-5."""
+    fine-tunes) use ε = 0 (``overwrite_eps``), ``BatchNorm2d`` ones (``weights=None`` models) 1e-5. A checkpoint
+    trained from ImageNet weights alone (``weights_backbone=...``: ``FrozenBatchNorm2d`` with ε = 1e-5, never
+    overwritten) cannot be told apart by its names: pass ``batch_norm_epsilon=1e-5`` for one."""
     if batch_norm_epsilon != "auto":
         return float(batch_norm_epsilon)
     return 1e-5 if any(IGNORED.match(name) for name in state_dict) else 0.0
@@ -272,9 +274,8 @@ def faster_rcnn_from_torchvision(source, batch_norm_epsilon="auto", trainable_ba
     raw = _raw_names(source)
     state_dict = read_torchvision_state_dict(raw)
     epsilon = _batch_norm_epsilon(raw, batch_norm_epsilon)
-    rpn_keys = {key: kwargs.pop(key) for key in ("seed", "bounding_box_format") if key in kwargs}
     rpn = torchvision_rpn(image_size, batch_norm_epsilon=epsilon, trainable_backbone_layers=trainable_backbone_layers)
-    model = torchvision_faster_rcnn(num_classes_of(state_dict), rpn=rpn, **rpn_keys, **kwargs)
+    model = torchvision_faster_rcnn(num_classes_of(state_dict), rpn=rpn, **kwargs)
     plan = _backbone_plan(rpn.backbone) + _rpn_plan(rpn) + _roi_heads_plan(model.roi_heads)
     load_torchvision_weights(plan, state_dict, "torchvision's fasterrcnn_resnet50_fpn")
     return model

@@ -89,13 +89,18 @@ class DetectionModel(keras.Model):
 
     def _unpack(self, data):
         """``(images, targets)`` inside a step: ``targets`` read by ``canvas_targets`` (a no-op on a batch that
-        ``check_batch`` already read)."""
+        ``check_batch`` already read), and — in a step not compiled with XLA — checked again (the same checks: they
+        cover inputs the host could not check, e.g. a distributed dataset; under XLA they would do nothing)."""
         images, targets, _ = split_batch(data)
         if targets is None:
             raise ValueError(f"{type(self).__name__} expects (images, targets) with targets a dict holding padded "
                              "'gt_boxes' (yxyx canvas pixels, as ds.map(model.target_encoder) gives) or 'boxes' "
                              "in the model's bounding_box_format")
-        return images, canvas_targets(targets, self.bounding_box_format, self.image_size)
+        targets = canvas_targets(targets, self.bounding_box_format, self.image_size)
+        if not self.jit_compile:
+            images, targets = guarded((images, targets), batch_checks(images, targets, self.checked_num_classes,
+                                                                      type(self).__name__))
+        return images, targets
 
     def fit(self, x=None, y=None, *args, shuffle=None, **kwargs):
         """``keras.Model.fit`` with the batches checked on the host (``check_batch``; also ``validation_data``).
@@ -103,30 +108,31 @@ class DetectionModel(keras.Model):
         (Keras's default ``True`` only prints a warning on every call)."""
         if shuffle is None:
             shuffle = not isinstance(x, tf.data.Dataset)
-        x, y = checked_inputs(x, y, self.check_batch)
+        compiled = bool(self.jit_compile)
+        x, y = checked_inputs(x, y, self.check_batch, compiled)
         validation = kwargs.get("validation_data")
         if validation is not None:
             if isinstance(validation, (tuple, list)):
-                kwargs["validation_data"] = tuple(checked_inputs(validation[0], validation[1], self.check_batch)) \
-                    + tuple(validation[2:])
+                kwargs["validation_data"] = tuple(checked_inputs(validation[0], validation[1], self.check_batch,
+                                                                 compiled)) + tuple(validation[2:])
             else:
-                kwargs["validation_data"] = checked_inputs(validation, None, self.check_batch)[0]
+                kwargs["validation_data"] = checked_inputs(validation, None, self.check_batch, compiled)[0]
         with named_data_errors():
             return super().fit(x, y, *args, shuffle=shuffle, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         """``keras.Model.evaluate`` with the batches checked on the host (``check_batch``)."""
         if not kwargs.get("_use_cached_eval_dataset"):  # fit's validation: checked by fit already
-            x, y = checked_inputs(x, y, self.check_batch)
+            x, y = checked_inputs(x, y, self.check_batch, bool(self.jit_compile))
         with named_data_errors():
             return super().evaluate(x, y, *args, **kwargs)
 
     def train_on_batch(self, x, y=None, *args, **kwargs):
-        x, y = checked_inputs(x, y, self.check_batch)
+        x, y = checked_inputs(x, y, self.check_batch, bool(self.jit_compile))
         return super().train_on_batch(x, y, *args, **kwargs)
 
     def test_on_batch(self, x, y=None, *args, **kwargs):
-        x, y = checked_inputs(x, y, self.check_batch)
+        x, y = checked_inputs(x, y, self.check_batch, bool(self.jit_compile))
         return super().test_on_batch(x, y, *args, **kwargs)
 
     def predict(self, x, *args, **kwargs):
@@ -134,13 +140,13 @@ class DetectionModel(keras.Model):
         image's own pixels. A wrong rank or channel count is named before anything runs (Keras relaxes shapes
         between calls), empty and NaN / Inf images on the host (``check_images``)."""
         check_predict_input(x)
-        x, _ = checked_inputs(x, None, self.check_images)
+        x, _ = checked_inputs(x, None, self.check_images, bool(self.jit_compile))
         with named_data_errors():
             return super().predict(x, *args, **kwargs)
 
     def predict_on_batch(self, x):
         check_predict_input(x)
-        x, _ = checked_inputs(x, None, self.check_images)
+        x, _ = checked_inputs(x, None, self.check_images, bool(self.jit_compile))
         return super().predict_on_batch(x)
 
     def predict_step(self, data):

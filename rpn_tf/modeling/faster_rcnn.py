@@ -17,7 +17,7 @@ from rpn_tf.modeling.losses import global_sum
 from rpn_tf.modeling.metrics import RatioMean
 from rpn_tf.modeling.roi_heads import RoiHeads
 from rpn_tf.modeling.rpn_model import RPNModel
-from rpn_tf.ops.box_ops import BOUNDING_BOX_FORMATS, parse_bounding_box_format  # noqa: F401
+from rpn_tf.ops.box_ops import parse_bounding_box_format
 
 DETECTION_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 
@@ -166,7 +166,7 @@ class FasterRCNN(DetectionModel):
         if valid_sizes is None:
             valid_sizes = tf.tile(tf.cast(tf.shape(images)[1:3], tf.float32)[None], [tf.shape(images)[0], 1])
         valid_sizes = tf.cast(valid_sizes, tf.float32)
-        features = self.rpn.features(images, training=training)
+        features = self.rpn.features(images, training=training, any_canvas=True)
         proposals = self.rpn.propose(self.rpn.head_outputs(features), training=False, valid_sizes=valid_sizes,
                                      xla=xla, features=features, canvas=images)
         detections = self.roi_heads.detect(features, proposals["boxes"], proposals["num_proposals"], valid_sizes,

@@ -17,6 +17,7 @@ for Python generators and ``keras.utils.PyDataset`` — ``fit``, ``evaluate``, `
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import keras
 import numpy as np
@@ -119,11 +120,11 @@ def _is_array_like(value):
 
 
 class _CheckedPyDataset(keras.utils.PyDataset):
-    """A ``keras.utils.PyDataset`` whose batches go through ``check`` (eagerly, on the host)."""
+    """A ``keras.utils.PyDataset`` whose batches go through ``check`` (eagerly, on the host); everything else is the
+    wrapped dataset's."""
 
     def __init__(self, dataset, check):
-        super().__init__(workers=getattr(dataset, "workers", 1),
-                         use_multiprocessing=getattr(dataset, "use_multiprocessing", False),
+        super().__init__(workers=getattr(dataset, "workers", 1), use_multiprocessing=False,
                          max_queue_size=getattr(dataset, "max_queue_size", 10))
         self._dataset, self._check = dataset, check
 
@@ -137,25 +138,38 @@ class _CheckedPyDataset(keras.utils.PyDataset):
     def __getitem__(self, index):
         return self._check(self._dataset[index])
 
+    def on_epoch_begin(self):
+        self._dataset.on_epoch_begin()
+
     def on_epoch_end(self):
         self._dataset.on_epoch_end()
 
+    def __getattr__(self, name):  # anything else a user's dataset defines
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._dataset, name)
 
-def checked_inputs(x, y, check):
+
+def checked_inputs(x, y, check, compiled=False):
     """``(x, y)`` of ``fit`` / ``evaluate`` / ``predict`` with ``check`` (a function of one batch, returning it)
     applied on the host: mapped over a ``tf.data.Dataset`` (after the user's own ops, outside any XLA step), run
-    eagerly on arrays and tensors, per batch on Python generators and ``keras.utils.PyDataset``. Other inputs pass
-    unchanged."""
+    eagerly on arrays and tensors, per batch on Python generators and ``keras.utils.PyDataset`` (one without
+    multiprocessing). Other inputs pass unchanged: the checks then run inside the step, where XLA drops them — with
+    ``compiled`` (an XLA-compiled model) a warning says so."""
     if isinstance(x, tf.data.Dataset):
         def apply(*element):
             return check(element[0] if len(element) == 1 else element)
 
-        return x.map(apply), y
-    if isinstance(x, keras.utils.PyDataset):
+        return x.map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE), y
+    if isinstance(x, keras.utils.PyDataset) and not getattr(x, "use_multiprocessing", False):
         return _CheckedPyDataset(x, check), y
     if inspect.isgenerator(x):
         return (check(batch) for batch in x), y
     if x is not None and _is_array_like(x) and (y is None or _is_array_like(y)):
         checked = check(x if y is None else (x, y))
         return (checked, None) if y is None else (checked[0], checked[1])
+    if compiled and x is not None:
+        warnings.warn(f"inputs of type {type(x).__name__} are not checked on the host (tf.data.Dataset, arrays, "
+                      "generators and PyDataset are): inside an XLA-compiled step the input checks do nothing; map "
+                      "your data through model.check_batch", stacklevel=3)
     return x, y

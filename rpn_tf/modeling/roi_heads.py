@@ -41,7 +41,8 @@ class RoiHeads(keras.layers.Layer):
       channels: channels of those maps.
       roi_strides: the strides ROI Align reads (``default_roi_strides``).
       roi_sampler_config: ``RoiSamplerConfig`` (or dict): the article's 128 ROIs at 25 %, stage-two coder weights
-        (10, 10, 5, 5). Its ``seed`` is not used: seeds come with each call (the model's seed generator).
+        (10, 10, 5, 5). With its ``seed`` set, each image's sample is a function of that seed and its GT boxes (the
+        same every epoch); without (the default), the seeds come with each call (the model's seed generator).
       detection_config: ``DetectionConfig`` (or dict): score > 0.05, per-class NMS 0.5, 100 detections.
       roi_output_size / sampling_ratio / aligned: ROI Align's (7, 2, half-pixel aligned).
       representation_size / num_fc / num_conv / conv_channels: ``BoxHead``'s (2 × FC 1024).
@@ -64,7 +65,9 @@ class RoiHeads(keras.layers.Layer):
                              f"{self.feature_strides}")
         self.channels = int(channels)
         self.roi_sampler_config = config_from_kwargs(RoiSamplerConfig, roi_sampler_config)
-        self.roi_sampler = RoiSampler(dataclasses.replace(self.roi_sampler_config, seed=0))  # seeds come per call
+        # unseeded: the seeds come with each call (no generator of the sampler's own)
+        sampler_seed = 0 if self.roi_sampler_config.seed is None else self.roi_sampler_config.seed
+        self.roi_sampler = RoiSampler(dataclasses.replace(self.roi_sampler_config, seed=sampler_seed))
         self.detection_config = config_from_kwargs(DetectionConfig, detection_config)
         self.roi_output_size, self.sampling_ratio = int(roi_output_size), int(sampling_ratio)
         self.aligned, self.smooth_l1_beta = bool(aligned), float(smooth_l1_beta)
@@ -100,6 +103,8 @@ class RoiHeads(keras.layers.Layer):
         valid) and the GT (``gt_boxes`` ``[B, M, 4]`` yxyx canvas pixels padded with -1, ``gt_classes`` ``[B, M]``)
         with ``seeds`` (int64 ``[B, 2]``), then ``roi_losses``: ``(classification_sum, box_sum, num_sampled,
         num_correct)``."""
+        if self.roi_sampler_config.seed is not None:  # the config's content seeds
+            seeds = None
         samples = self.roi_sampler(proposals, gt_boxes, gt_classes, num_proposals, seeds=seeds)
         logits, deltas = self(self.roi_features(features, samples["rois"], xla))
         return roi_losses(logits, deltas, samples["roi_classes"], samples["roi_deltas"], self.smooth_l1_beta)

@@ -222,10 +222,11 @@ class RPNModel(DetectionModel):
         ``"torchvision"`` resize policy; the backbone takes any size) rather than on ``image_size``."""
         return canvas_varies(self.resize)
 
-    def features(self, images, training=None):
+    def features(self, images, training=None, any_canvas=False):
         """The backbone's feature maps of ``[B, H, W, 3]`` canvas images (0–255), finest first (a second stage reads
-        them: ``FasterRCNN``). The canvas is ``image_size``, or any size when ``canvas_varies``."""
-        if not self.canvas_varies:
+        them: ``FasterRCNN``). The canvas is ``image_size`` (checked), or — ``any_canvas``, for inference when
+        ``canvas_varies`` — the batch's own."""
+        if not (any_canvas and self.canvas_varies):
             images = check_input_size(images, self.image_size)
         return feature_list(self.backbone(self.preprocessing(images), training=training))
 
@@ -366,7 +367,7 @@ class RPNModel(DetectionModel):
           ``proposal_scores`` ``[B, N]``, ``num_proposals`` ``[B]``, ``image_scale`` ``[B, 2]`` and the network's
           ``objectness_logits`` / ``box_deltas``.
         """
-        features = self.features(canvas, training=False)
+        features = self.features(canvas, training=False, any_canvas=True)
         outputs = self.head_outputs(features)
         proposals = self.propose(outputs, training=False, proposal_config=proposal_config, valid_sizes=valid_size,
                                  xla=xla, features=features, canvas=canvas)

@@ -75,7 +75,7 @@ def _axis_samples(start, bin_size, size, points, sampling_ratio):
     return (tf.cast(low, tf.int32), tf.cast(high, tf.int32)), ((1.0 - fraction) * inside, fraction * inside)
 
 
-IMPLEMENTATIONS = ("crop_and_resize", "gather")
+IMPLEMENTATIONS = ("crop_and_resize", "gather", "auto")  # "auto": crop_and_resize (0.2's name, kept)
 
 
 def multilevel_roi_align(features, strides, boxes, output_size=7, sampling_ratio=2, aligned=True,
@@ -113,6 +113,8 @@ def multilevel_roi_align(features, strides, boxes, output_size=7, sampling_ratio
         raise ValueError(f"output_size and sampling_ratio must be >= 1, got {output_size}, {sampling_ratio}")
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if implementation == "auto":  # 0.2 detected XLA through a private TensorFlow API; the caller now chooses
+        implementation = "crop_and_resize"
     boxes = tf.cast(boxes, tf.float32)
     if levels is None:
         levels = assign_levels(boxes, level_ids[0], level_ids[-1], mapper=level_mapper)

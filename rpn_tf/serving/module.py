@@ -106,8 +106,6 @@ class RpnServingModule:
         self.nms = nms
         self.roi_sampler = roi_sampler or RoiSampler(seed=0)
         self.image_size = inference_canvas(model.resize, model.image_size)  # the canvas decoded images go onto
-        # the canvas' dtype: uint8 (rounded, as the encoder's), float32 for the "torchvision" policy (kept float)
-        self.canvas_dtype = tf.float32 if canvas_varies(model.resize) else tf.uint8
 
     @property
     def is_detector(self) -> bool:

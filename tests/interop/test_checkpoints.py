@@ -70,3 +70,24 @@ def test_truncated_or_foreign_files_are_named(tmp_path):
     empty.write_bytes(buffer.getvalue())
     with pytest.raises(ValueError, match="no tensor state dict"):
         load_state_dict(str(empty))
+
+
+def test_a_crafted_stride_cannot_read_outside_its_storage(tmp_path):
+    """A view whose stride points before its storage (or past it) is refused: numpy's as_strided would read
+    whatever memory lies there."""
+    import struct
+
+    with zipfile.ZipFile(os.path.join(HERE, "zip_format.pth")) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    pickled = next(name for name in members if name.endswith("data.pkl"))
+    stride = b"K\x04K\x01\x86"  # conv.weight's stride (4, 1), the first in the file
+    assert stride in members[pickled]
+    for crafted, message in ((b"J" + struct.pack("<i", -100000) + b"K\x01\x86", "negative"),
+                             (b"J" + struct.pack("<i", 100000) + b"K\x01\x86", "runs past its storage")):
+        members_crafted = {**members, pickled: members[pickled].replace(stride, crafted, 1)}
+        path = tmp_path / "crafted.pth"
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, data in members_crafted.items():
+                archive.writestr(name, data)
+        with pytest.raises(ValueError, match=message):
+            load_state_dict(str(path))

@@ -92,7 +92,7 @@ def test_fpn_proposals_and_detections_equal_torchvisions(model, photos, golden, 
     canvas, scale, valid_size, original_size = model.to_canvas(tf.constant(photos[index][None]))
     np.testing.assert_array_equal(canvas.shape[1:3], golden[key + "canvas_size"])  # torchvision's batch canvas
     np.testing.assert_array_equal(valid_size.numpy()[0], golden[key + "image_size"])  # its resized size (799!)
-    features = model.rpn.features(canvas)
+    features = model.rpn.features(canvas, any_canvas=True)
     for level, feature in enumerate(features):
         positions = golden[f"{key}fpn{level}_positions"]
         ours = feature.numpy()[0][positions[:, 0], positions[:, 1]][:, golden[f"{key}fpn{level}_channels"]]
@@ -117,7 +117,7 @@ def test_fpn_proposals_and_detections_equal_torchvisions(model, photos, golden, 
 def test_training_losses_on_torchvisions_sample_equal_its_losses(model, photos, golden, index):
     key = f"p{index}_"
     canvas, _, _, _ = model.to_canvas(tf.constant(photos[index][None]))
-    features = model.rpn.features(canvas)
+    features = model.rpn.features(canvas, any_canvas=True)
     outputs = model.rpn.head_outputs(features)
     sampled = golden[key + "rpn_index"]
     labels = golden[key + "rpn_labels"][None]
@@ -164,7 +164,7 @@ def test_a_planted_bug_breaks_the_comparison(photos, golden):
     weights["rpn.head.bbox_pred.weight"] = deltas[:, [1, 0, 3, 2]].reshape(12, 256, 1, 1)
     broken = rpn_tf.RPNModel.from_torchvision(weights)
     canvas, _, valid_size, _ = broken.to_canvas(tf.constant(photos[0][None]))
-    features = broken.features(canvas)
+    features = broken.features(canvas, any_canvas=True)
     proposals = broken.propose(broken.head_outputs(features), valid_sizes=valid_size, features=features,
                                canvas=canvas)
     count = int(proposals["num_proposals"][0])

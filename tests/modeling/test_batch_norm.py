@@ -31,7 +31,7 @@ def batch_norms(model):
     return [layer for layer in model.backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
 
 
-def fit_twice(model):
+def fit_two_steps(model):
     rng = np.random.default_rng(1)
     images = rng.integers(0, 255, (4, SIZE, SIZE, 3)).astype(np.uint8)
     boxes = np.array([[[8, 8, 40, 40], [20, 24, 60, 56]]] * 4, np.float32)
@@ -53,7 +53,7 @@ def test_loaded_weights_freeze_batch_norm_through_fit_and_a_round_trip(weights_f
     model = small_rpn(weights=weights_file)
     assert model.freeze_batch_norm and batch_norms(model) and not any(l.trainable for l in batch_norms(model))
     before, conv = state(model), np.array(model.backbone.get_layer("Conv1").kernel)
-    fit_twice(model)
+    fit_two_steps(model)
     for old, new in zip(before, state(model)):
         np.testing.assert_array_equal(old, new)
     assert not np.array_equal(conv, np.array(model.backbone.get_layer("Conv1").kernel))  # the rest trains
@@ -68,7 +68,7 @@ def test_from_scratch_or_when_asked_batch_norm_trains(weights_file, kwargs):
     model = small_rpn(**({"weights": weights_file, **kwargs} if "freeze_batch_norm" in kwargs else kwargs))
     assert not model.freeze_batch_norm
     before = state(model)
-    fit_twice(model)
+    fit_two_steps(model)
     changed = sum(not np.array_equal(old, new) for old, new in zip(before, state(model)))
     assert changed > len(before) // 2
 

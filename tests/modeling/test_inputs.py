@@ -172,3 +172,46 @@ def test_a_custom_loop_reads_batches_through_check_batch():
                                                                                              classes)})).batch(2)
     with pytest.raises(tf.errors.InvalidArgumentError, match="below 1 for a real box"):
         next(iter(dataset.map(lambda x, y: model.check_batch((x, y)))))
+
+
+class BatchesOf(keras.utils.PyDataset):
+    """A user's PyDataset with a per-epoch hook of its own."""
+
+    def __init__(self, batches):
+        super().__init__()
+        self.batches, self.epochs_begun = batches, 0
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, index):
+        return self.batches[index]
+
+    def on_epoch_begin(self):
+        self.epochs_begun += 1
+
+
+def test_every_kind_of_input_is_checked_on_the_host_under_xla(xla_detector):
+    images, boxes, classes = scene()
+    bad = {"gt_boxes": boxes, "gt_classes": np.where(classes == 1, 0, classes)}
+    good = {"gt_boxes": boxes, "gt_classes": classes}
+    message = "below 1 for a real box"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):  # a Python generator
+        xla_detector.fit((batch for batch in [(images, bad)]), epochs=1, steps_per_epoch=1, verbose=0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):  # a PyDataset
+        xla_detector.fit(BatchesOf([(images, bad)]), epochs=1, verbose=0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):  # a dataset with sample weights
+        xla_detector.fit(tf.data.Dataset.from_tensors((images, bad, np.ones(2, np.float32))), epochs=1, verbose=0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):  # validation data as a tuple
+        xla_detector.fit(images, good, validation_data=(images, bad), epochs=1, verbose=0)
+    users = BatchesOf([(images, good)])
+    xla_detector.fit(users, epochs=2, verbose=0)  # the user's per-epoch hook still runs
+    assert users.epochs_begun == 2
+
+
+def test_unrecognised_inputs_under_xla_are_named_in_a_warning(xla_detector):
+    from rpn_tf.modeling.inputs import checked_inputs
+
+    unknown = [np.zeros((1, 8, 8, 3), np.float32)]  # a list: not a kind the host checks
+    with pytest.warns(UserWarning, match="not checked on the host"):
+        checked_inputs(unknown, None, xla_detector.check_images, compiled=True)

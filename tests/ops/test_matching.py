@@ -115,21 +115,27 @@ def padded_batch(rng, counts, max_boxes=100):
     return boxes
 
 
-def test_a_padded_batch_matches_in_chunks_exactly_as_one_matrix():
-    from rpn_tf.ops.matching import GT_CHUNK
+@pytest.mark.parametrize("valid_sizes", [None, [[600.0, 500.0], [800.0, 800.0], [400.0, 800.0]]])
+def test_a_padded_batch_matches_in_chunks_exactly_as_one_matrix(valid_sizes, monkeypatch):
+    from rpn_tf.ops import matching
 
     rng = np.random.default_rng(4)
-    counts = (3 * GT_CHUNK - 5, GT_CHUNK + 2, 0)
+    chunk = matching.GT_CHUNK
+    counts = (3 * chunk - 5, chunk + 2, 0)
     boxes = padded_batch(rng, counts)
+    boxes[0, chunk + 1] = boxes[0, 0]  # a tie across chunks: the earlier GT keeps it
     encoder = rpn_tf.RpnTargetEncoder(IMAGE_SIZE, rpn_tf.AnchorConfig(stride=16, scales=(2.0, 4.0)))
     matcher = encoder.assigner.matcher
-    chunked = matcher.match_inside(tf.constant(boxes))  # static G = 100 > GT_CHUNK: chunks
-    for image, count in enumerate(counts):
-        one = matcher.match_inside(tf.constant(boxes[image:image + 1, :max(count, 1)]))  # one IoU matrix
-        for got, want in zip(chunked, one):
-            np.testing.assert_array_equal(got.numpy()[image], want.numpy()[0])
-    labels = chunked[0].numpy()
-    assert (labels[0] == 1).sum() > 10 and np.all(labels[2] != 1)  # something to compare; no GT: no positive
+    sizes = None if valid_sizes is None else tf.constant(valid_sizes)
+    chunked = matcher.match_inside(tf.constant(boxes), valid_sizes=sizes)  # static G = 100 > GT_CHUNK: chunks
+    monkeypatch.setattr(matching, "GT_CHUNK", 1000)  # the reference: one IoU matrix of every row
+    whole = matcher.match_inside(tf.constant(boxes), valid_sizes=sizes)
+    for got, want in zip(chunked, whole):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    labels, matched, _ = (t.numpy() for t in chunked)
+    assert (labels[:2] == 1).sum() > 10 and np.all(labels[2] != 1)  # something to compare; no GT: no positive
+    assert matched[:2].max() >= chunk  # matches beyond the first chunk
+    assert not np.any(matched[0] == chunk + 1)  # the duplicate of GT 0 never wins a tie
 
 
 def test_in_step_labelling_compiles_once_under_xla_without_a_matrix_per_padded_row():
