@@ -1,6 +1,7 @@
 """The torchvision converter as a user meets it: one error naming every misfit and nothing loaded; torchvision's old
-names; K from the checkpoint; the RPN alone; a .keras round trip; fine-tuning with frozen batch norm and
-torchvision's trainable stages; the ``rpn-tf convert`` command on a .safetensors file."""
+names; K from the checkpoint; the RPN alone; the ``rpn-tf convert`` command on a .safetensors file, its .keras file
+giving the converted model's detections, fine-tuning with frozen batch norm and torchvision's trainable stages, and
+``rpn-tf train --init`` with another class count."""
 
 import json
 import os
@@ -66,36 +67,6 @@ def test_old_names_classes_from_the_checkpoint_and_the_rpn_alone(weights):
     assert int(rpn.predict(photo, verbose=0)["num_proposals"][0]) > 100
 
 
-def test_round_trip_and_fine_tuning_with_frozen_batch_norm_and_stages(weights, tmp_path):
-    model = rpn_tf.FasterRCNN.from_torchvision(weights, image_size=SMALL, trainable_backbone_layers=3)
-    rng = np.random.default_rng(1)
-    photos = rng.integers(0, 255, (2, 200, 150, 3)).astype(np.uint8)
-    want = model.predict(photos, verbose=0)
-    assert int(want["num_detections"][0]) > 0
-    path = str(tmp_path / "converted.keras")
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    got = loaded.predict(photos, verbose=0)
-    for key in want:
-        np.testing.assert_allclose(got[key], want[key], atol=1e-4, err_msg=key)
-    # fine-tuning: torchvision's stages frozen (conv1, layer1), batch norm frozen, the rest trains
-    backbone = loaded.rpn.backbone
-    frozen_conv, trained_conv = backbone.get_layer("layer1_0_conv1"), backbone.get_layer("layer2_0_conv1")
-    norm = backbone.get_layer("layer3_0_bn1")
-    before = [np.array(v) for v in (frozen_conv.kernel, trained_conv.kernel, norm.moving_mean, norm.gamma)]
-    elements = tf.data.Dataset.from_tensor_slices({"image": photos, "boxes": np.array([[[20, 20, 120, 100]]] * 2,
-                                                                                      np.float32),
-                                                   "classes": np.array([[2], [3]], np.int32)})
-    loaded.compile(optimizer=keras.optimizers.SGD(0.01))
-    history = loaded.fit(elements.map(loaded.target_encoder).batch(2), epochs=1, verbose=0).history
-    assert np.isfinite(history["loss"][0])
-    after = [np.array(v) for v in (frozen_conv.kernel, trained_conv.kernel, norm.moving_mean, norm.gamma)]
-    np.testing.assert_array_equal(after[0], before[0])
-    assert not np.array_equal(after[1], before[1])
-    np.testing.assert_array_equal(after[2], before[2])
-    np.testing.assert_array_equal(after[3], before[3])
-
-
 def write_safetensors(path, arrays):
     """A .safetensors file (8-byte header length, JSON header, raw little-endian data) — its reader is checked
     against the safetensors library's own file in test_checkpoints.py."""
@@ -112,7 +83,7 @@ def write_safetensors(path, arrays):
         file.write(struct.pack("<Q", len(encoded)) + encoded + b"".join(blobs))
 
 
-def test_rpn_tf_convert_writes_a_keras_model(weights, tmp_path):
+def test_rpn_tf_convert_writes_a_keras_model_that_predicts_fine_tunes_and_trains_from_the_cli(weights, tmp_path):
     checkpoint = str(tmp_path / "detector.safetensors")
     write_safetensors(checkpoint, weights)
     out = str(tmp_path / "detector.keras")
@@ -124,6 +95,29 @@ def test_rpn_tf_convert_writes_a_keras_model(weights, tmp_path):
     assert isinstance(model, rpn_tf.FasterRCNN) and model.num_classes == 4
     np.testing.assert_array_equal(np.array(model.roi_heads.box_head.classifier.bias),
                                   weights["roi_heads.box_predictor.cls_score.bias"])
+    # the .keras file gives the converted model's detections
+    photos = np.random.default_rng(1).integers(0, 255, (2, 200, 150, 3)).astype(np.uint8)
+    want = rpn_tf.FasterRCNN.from_torchvision(weights, image_size=SMALL).predict(photos, verbose=0)
+    got = model.predict(photos, verbose=0)
+    assert int(want["num_detections"][0]) > 0
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], atol=1e-4, err_msg=key)
+    # fine-tuning: torchvision's stages frozen (conv1, layer1), batch norm frozen, the rest trains
+    backbone = model.rpn.backbone
+    frozen_conv, trained_conv = backbone.get_layer("layer1_0_conv1"), backbone.get_layer("layer2_0_conv1")
+    norm = backbone.get_layer("layer3_0_bn1")
+    before = [np.array(v) for v in (frozen_conv.kernel, trained_conv.kernel, norm.moving_mean, norm.gamma)]
+    elements = tf.data.Dataset.from_tensor_slices({"image": photos, "boxes": np.array([[[20, 20, 120, 100]]] * 2,
+                                                                                      np.float32),
+                                                   "classes": np.array([[2], [3]], np.int32)})
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    history = model.fit(elements.map(model.target_encoder).batch(2), epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][0])
+    after = [np.array(v) for v in (frozen_conv.kernel, trained_conv.kernel, norm.moving_mean, norm.gamma)]
+    np.testing.assert_array_equal(after[0], before[0])
+    assert not np.array_equal(after[1], before[1])
+    np.testing.assert_array_equal(after[2], before[2])
+    np.testing.assert_array_equal(after[3], before[3])
     result = subprocess.run([sys.executable, "-m", "rpn_tf.tools.cli", "convert", "torchvision",
                              str(tmp_path / "missing.pth"), "--out", out], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "no such checkpoint file" in result.stderr

@@ -342,8 +342,7 @@ def test_xla_and_mixed_precision_steps_give_the_same_numbers():
     for name in ("loss", "rpn_loss", "roi_classification_loss", "roi_box_loss"):
         assert logs[name] == pytest.approx(want_logs[name], rel=1e-3, abs=1e-5), name
     got = model.predict(images, verbose=0)
-    assert_same_detections(got, want, score_atol=1e-4, box_atol=1e-2)
-    assert np.isfinite(model.train_on_batch(images, targets, return_dict=True)["loss"])
+    assert_same_detections(got, want, score_atol=1e-4, box_atol=1e-2)  # (an XLA training step: test_inputs.py)
 
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_float16")

@@ -204,9 +204,13 @@ def test_every_kind_of_input_is_checked_on_the_host_under_xla(xla_detector):
         xla_detector.fit(tf.data.Dataset.from_tensors((images, bad, np.ones(2, np.float32))), epochs=1, verbose=0)
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):  # validation data as a tuple
         xla_detector.fit(images, good, validation_data=(images, bad), epochs=1, verbose=0)
+    from rpn_tf.modeling.inputs import checked_inputs
+
     users = BatchesOf([(images, good)])
-    xla_detector.fit(users, epochs=2, verbose=0)  # the user's per-epoch hook still runs
-    assert users.epochs_begun == 2
+    wrapped, _ = checked_inputs(users, None, xla_detector.check_batch)
+    wrapped.on_epoch_begin()  # the user's per-epoch hook still runs
+    assert users.epochs_begun == 1 and len(wrapped) == 1
+    np.testing.assert_array_equal(wrapped[0][1]["gt_classes"], classes)
 
 
 def test_unrecognised_inputs_under_xla_are_named_in_a_warning(xla_detector):
