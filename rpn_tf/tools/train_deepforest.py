@@ -24,6 +24,7 @@ import tensorflow as tf  # noqa: E402
 
 import rpn_tf  # noqa: E402
 from rpn_tf import evaluation as rpn_evaluation  # noqa: E402
+from rpn_tf.coco_eval import BOX_AREA_NOTE  # noqa: E402
 from rpn_tf.data import adapters, deepforest  # noqa: E402
 from rpn_tf.modeling.fitting import steps_per_epoch_of, train_model  # noqa: E402
 from rpn_tf.ops.box_ops import box_area  # noqa: E402
@@ -271,7 +272,8 @@ def format_detector_report(report):
     """Lines of ``train_detector``'s report: pycocotools' figures on OSBS_029."""
     detection, proposals = report["coco_detection"], report["coco_proposals"]
     lines = [f"FasterRCNN: {report['epochs']} epochs in {report['train_seconds']} s; OSBS_029 by pycocotools: "
-             + ", ".join(f"{k} {detection[k]:.3f}" for k in ("AP", "AP50", "AP75", "APs", "APm", "AR100")),
+             + ", ".join(f"{k} {detection[k]:.3f}" for k in ("AP", "AP50", "AP75", "APs", "APm", "AR100"))
+             + f" ({BOX_AREA_NOTE})",
              "its proposals: " + ", ".join(
                  f"AR@{n} {proposals[f'coco/AR@{n}']:.3f} (rpn-tf {proposals[f'ar@{n}']:.3f}), recall@{n} IoU 0.5 "
                  f"{proposals[f'coco/recall@{n}_iou0.5']:.3f} (rpn-tf {proposals[f'recall@{n}_iou0.5']:.3f})"
