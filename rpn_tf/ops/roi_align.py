@@ -146,6 +146,63 @@ def _replicate_border(feature):
     return tf.reshape(tf.gather(flat, index, axis=1), [-1, height + 2, width + 2, channels])
 
 
+def _crop_and_resize_image_gradient(grad, image, boxes, box_indices, points):
+    """The gradient of ``tf.image.crop_and_resize`` (bilinear, extrapolation value 0) with respect to ``image``,
+    summed by ``unsorted_segment_sum``: the same sum in the same order on every run. (TensorFlow's own CPU
+    ``CropAndResizeGradImage`` shards the boxes over threads and adds in a varying order, so without
+    ``enable_op_determinism`` a detector's weights differed in the last bits from run to run.)"""
+    shape = tf.shape(image)
+    batch, height, width = shape[0], shape[1], shape[2]
+    channels = int(image.shape[-1])
+
+    def taps(low_norm, high_norm, size):
+        """``(low, high)`` int32 ``[N, P]`` indices and weights (0 for a sample outside: extrapolated)."""
+        size_f = tf.cast(size, tf.float32)
+        if points > 1:
+            step = (high_norm - low_norm) * (size_f - 1.0) / float(points - 1)
+            coord = low_norm[:, None] * (size_f - 1.0) + tf.range(points, dtype=tf.float32)[None] * step[:, None]
+        else:
+            coord = (0.5 * (low_norm + high_norm) * (size_f - 1.0))[:, None]
+        inside = tf.cast((coord >= 0.0) & (coord <= size_f - 1.0), tf.float32)
+        low, high = tf.floor(coord), tf.math.ceil(coord)
+        fraction = coord - low
+        clamp = lambda v: tf.cast(tf.clip_by_value(v, 0.0, size_f - 1.0), tf.int32)  # noqa: E731
+        return (clamp(low), clamp(high)), ((1.0 - fraction) * inside, fraction * inside)
+
+    (top, bottom), (w_top, w_bottom) = taps(boxes[:, 0], boxes[:, 2], height)
+    (left, right), (w_left, w_right) = taps(boxes[:, 1], boxes[:, 3], width)
+    base = tf.cast(box_indices, tf.int32)[:, None, None] * (height * width)
+    grad = tf.cast(grad, tf.float32)
+    total = None
+    for rows, w_rows in ((top, w_top), (bottom, w_bottom)):
+        for cols, w_cols in ((left, w_left), (right, w_right)):
+            ids = base + rows[:, :, None] * width + cols[:, None, :]  # [N, P, P]
+            weight = w_rows[:, :, None] * w_cols[:, None, :]
+            part = tf.math.unsorted_segment_sum(tf.reshape(grad * weight[..., None], [-1, channels]),
+                                                tf.reshape(ids, [-1]), batch * height * width)
+            total = part if total is None else total + part
+    return tf.cast(tf.reshape(total, shape), image.dtype)
+
+
+def crop_and_resize(image, boxes, box_indices, points):
+    """``tf.image.crop_and_resize(image, boxes, box_indices, [points, points], extrapolation_value=0)`` whose
+    gradient with respect to ``image`` is deterministic (``_crop_and_resize_image_gradient``); the boxes' gradient
+    is TensorFlow's."""
+
+    @tf.custom_gradient
+    def forward(image, boxes):
+        crops = tf.image.crop_and_resize(image, boxes, box_indices, [points, points], extrapolation_value=0.0)
+
+        def backward(grad):
+            boxes_grad = tf.raw_ops.CropAndResizeGradBoxes(grads=grad, image=tf.cast(image, tf.float32), boxes=boxes,
+                                                           box_ind=box_indices)
+            return _crop_and_resize_image_gradient(grad, image, boxes, box_indices, points), boxes_grad
+
+        return crops, backward
+
+    return forward(image, boxes)
+
+
 def _crop_and_resize(features, strides, boxes, index, output_size, sampling_ratio, aligned):
     """Each level's boxes through ``tf.image.crop_and_resize`` on the map padded by one replicated cell: a sample
     within one cell outside the map then reads the border (ROI Align's clamp), one further out the extrapolation
@@ -170,8 +227,7 @@ def _crop_and_resize(features, strides, boxes, index, output_size, sampling_rati
         # crop_and_resize samples y1 · (Hp - 1) + i · (y2 - y1) · (Hp - 1) / (P - 1) on the padded map (Hp = H + 2)
         normalized = tf.stack([(first_y + 1.0) / (height + 1), (first_x + 1.0) / (width + 1),
                                (last_y + 1.0) / (height + 1), (last_x + 1.0) / (width + 1)], axis=-1)
-        crops = tf.image.crop_and_resize(padded, normalized, tf.gather(image_index, part), [points, points],
-                                         extrapolation_value=0.0)
+        crops = crop_and_resize(padded, normalized, tf.gather(image_index, part), points)
         pooled.append(tf.nn.avg_pool2d(crops, sampling_ratio, sampling_ratio, "VALID"))
     out = tf.dynamic_stitch(parts, pooled)
     channels = int(features[0].shape[-1])

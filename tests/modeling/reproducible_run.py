@@ -1,5 +1,6 @@
 """A seeded training run in its own process (``test_reproducibility.py``): prints the SHA-256 of the detector's
-weights after a few ``fit`` steps, for each seed given on the command line."""
+weights after a few ``fit`` steps, for each seed given on the command line (with op determinism unless
+``--no-op-determinism`` is given)."""
 
 import hashlib
 import sys
@@ -44,6 +45,8 @@ def run(seed):
 
 
 if __name__ == "__main__":
-    tf.config.experimental.enable_op_determinism()
-    for seed in sys.argv[1:]:
+    seeds = [arg for arg in sys.argv[1:] if arg != "--no-op-determinism"]
+    if "--no-op-determinism" not in sys.argv:
+        tf.config.experimental.enable_op_determinism()
+    for seed in seeds:
         print(seed, run(int(seed)), flush=True)

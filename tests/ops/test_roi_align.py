@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rpn_tf.ops.roi_align import assign_levels, multilevel_roi_align
+from rpn_tf.ops.roi_align import assign_levels, crop_and_resize, multilevel_roi_align
 
 
 def _bilinear(feature, y, x):
@@ -145,3 +145,34 @@ def test_bad_strides_are_named():
         multilevel_roi_align([feature], (4, 8), tf.zeros([1, 1, 4]))
     with pytest.raises(ValueError, match="implementation"):
         multilevel_roi_align([feature], (8,), tf.zeros([1, 1, 4]), implementation="fast")
+
+
+@pytest.mark.parametrize("points, dtype", [(14, tf.float32), (1, tf.float32), (5, tf.float16)])
+def test_crop_and_resize_gradients_are_tensorflows_summed_in_a_fixed_order(points, dtype):
+    """The image gradient is rpn-tf's (TensorFlow's CPU kernel adds in a thread-dependent order): equal to
+    TensorFlow's, boxes partly outside, on the grid and of zero height included; the boxes' gradient is
+    TensorFlow's own; two evaluations are identical bit for bit."""
+    rng = np.random.default_rng(points)
+    image = tf.constant(rng.normal(size=(2, 11, 13, 3)), dtype)
+    boxes = rng.uniform(-0.3, 1.3, (40, 4)).astype(np.float32)
+    boxes[:5], boxes[5:8] = [0, 0, 1, 1], [0.1, 0.2, 0.1, 0.9]
+    boxes, indices = tf.constant(boxes), tf.constant(rng.integers(0, 2, 40), tf.int32)
+    upstream = tf.constant(rng.normal(size=(40, points, points, 3)).astype(np.float32))
+
+    def gradients(function):
+        with tf.GradientTape() as tape:
+            tape.watch([image, boxes])
+            crops = function()
+            total = tf.reduce_sum(crops * upstream)
+        return crops, *tape.gradient(total, [image, boxes])
+
+    ours = gradients(lambda: crop_and_resize(image, boxes, indices, points))
+    theirs = gradients(lambda: tf.image.crop_and_resize(image, boxes, indices, [points, points]))
+    np.testing.assert_array_equal(ours[0].numpy(), theirs[0].numpy())
+    assert ours[1].dtype == dtype
+    np.testing.assert_allclose(tf.cast(ours[1], tf.float32).numpy(), tf.cast(theirs[1], tf.float32).numpy(),
+                               atol=1e-5 if dtype == tf.float32 else 1e-2)
+    assert float(tf.reduce_sum(tf.abs(tf.cast(ours[1], tf.float32)))) > 0
+    np.testing.assert_array_equal(ours[2].numpy(), theirs[2].numpy())
+    np.testing.assert_array_equal(gradients(lambda: crop_and_resize(image, boxes, indices, points))[1].numpy(),
+                                  ours[1].numpy())
